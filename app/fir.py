@@ -1,0 +1,166 @@
+"""Causal FIR filter banks computed as matrix products.
+
+``causal_fir(x, taps)`` returns ``y[n, c, t] = sum_k taps[c, k] * x[n, t - k]`` with
+``x[n, m] = 0`` for ``m < 0``.  It is the inference fast path behind :class:`ConvEWMA`.
+
+Why not ``F.conv1d``: on CPU the literal ``(N, 1, T)`` layout runs at a few tens of
+millions of outputs per second, and the depth-wise ``(1, N, T)`` layout is fast only
+for some channel counts and never for a filter bank (see ``benchmarks/README.md``).
+Instead the series are laid end to end as one long signal and cut into rows of
+``block`` outputs; each row's window of ``block + K - 1`` inputs is a strided view of
+the same memory (no copy), so one GEMM against a banded Toeplitz matrix computes every
+output of every channel.  Windows that straddle the start of a series see the previous
+series' tail; those first few outputs of each series are recomputed afterwards from a
+small zero-padded copy.  GEMMs run over chunks of rows so their working set stays in
+cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_BLOCK = 16
+# Rows per GEMM call on CPU: about 2-4 MiB of float32 inputs, which keeps the 2-core
+# benchmark machine's L2/L3 warm. On CUDA a single GEMM is best.
+_CPU_ROWS_PER_CHUNK = 16384
+# Above this many (series x time x taps) elements the unfold path would allocate too much.
+_SMALL_PATH_ELEMENTS = 1 << 21
+
+
+def toeplitz_bank(taps: torch.Tensor, block: int) -> torch.Tensor:
+    """Banded Toeplitz matrix ``(block + K - 1, C * block)`` of a tap bank ``(C, K)``.
+
+    Column ``c * block + i`` holds the taps of channel ``c`` for output ``i`` of a row
+    whose window starts ``K - 1`` samples before the row's first output.
+    """
+    channels, kernel_size = taps.shape
+    window = block + kernel_size - 1
+    rows = torch.arange(window, device=taps.device).unsqueeze(1)
+    cols = torch.arange(block, device=taps.device).unsqueeze(0)
+    lag = cols + kernel_size - 1 - rows  # (window, block)
+    inside = (lag >= 0) & (lag < kernel_size)
+    gathered = taps[:, lag.clamp(0, kernel_size - 1)]  # (C, window, block)
+    bank = torch.where(inside, gathered, gathered.new_zeros(()))
+    return bank.permute(1, 0, 2).reshape(window, channels * block).contiguous()
+
+
+def causal_fir_small(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Same result as :func:`causal_fir`; exact K multiply-adds per output.
+
+    Materialises ``(N, T, K)`` windows, so it is meant for short inputs, the start of
+    each series in the fast path, and autograd (it is differentiable).
+    """
+    series, length = x.shape
+    kernel_size = taps.shape[1]
+    padded = torch.nn.functional.pad(x, (kernel_size - 1, 0))
+    windows = padded.unfold(-1, kernel_size, 1)  # (N, T, K), oldest sample first
+    weights = taps.flip(-1).t()  # (K, C)
+    if x.requires_grad or taps.requires_grad:
+        return torch.matmul(windows, weights).transpose(1, 2)
+    out = x.new_empty(series, taps.shape[0], length)
+    per_chunk = max(1, _SMALL_PATH_ELEMENTS // max(1, length * kernel_size))
+    for start in range(0, series, per_chunk):
+        stop = min(series, start + per_chunk)
+        out[start:stop] = torch.matmul(windows[start:stop], weights).transpose(1, 2)
+    return out
+
+
+def _series_heads(x_head: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """Exact outputs for the first ``head`` samples of every series: one small GEMM."""
+    series, head = x_head.shape
+    channels, kernel_size = taps.shape
+    padded = x_head.new_zeros(series, head + kernel_size - 1)
+    padded[:, kernel_size - 1 :] = x_head
+    return torch.mm(padded, toeplitz_bank(taps, head)).view(series, channels, head)
+
+
+def causal_fir(
+    x: torch.Tensor, taps: torch.Tensor, block: int = DEFAULT_BLOCK, fold: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Causal FIR bank: ``x`` ``(N, T)``, ``taps`` ``(C, K)`` (lag order) to ``(N, C, T)``.
+
+    ``fold`` ``(C,)`` may be given when the second half of every kernel is the first
+    half scaled, ``taps[:, h:] == fold[:, None] * taps[:, :h]`` with ``h = K / 2`` (true
+    of any geometric kernel such as the EWMA's).  When also ``h == block``, the GEMM
+    uses the half kernel and ``y_t = z_t + fold * z_{t-h}`` finishes the job: a third
+    fewer multiply-adds, the same sums regrouped (no subtraction, no cancellation).
+
+    Inference only (uses ``out=`` GEMMs); returns a view trimmed to ``T`` when ``T`` is
+    not a multiple of ``block``.
+    """
+    if x.dim() != 2 or taps.dim() != 2:
+        raise ValueError(f"expected x (N, T) and taps (C, K), got {tuple(x.shape)} and {tuple(taps.shape)}")
+    series, length = x.shape
+    channels, kernel_size = taps.shape
+    taps = taps.to(x.dtype)
+    # Outputs t < head are recomputed from a zero-padded copy: their windows reach
+    # into the previous series (or before the start of memory for the first series).
+    head_rows = -(-(kernel_size - 1) // block)
+    head = head_rows * block
+    if length < head + block or series * length * kernel_size <= _SMALL_PATH_ELEMENTS:
+        return causal_fir_small(x, taps)
+
+    blocks_per_series = -(-length // block)
+    padded_length = blocks_per_series * block
+    if padded_length != length:
+        # Right padding cannot change a causal output; it only aligns rows with series.
+        flat_source = x.new_zeros(series, padded_length)
+        flat_source[:, :length] = x
+    else:
+        flat_source = x.contiguous()
+    flat = flat_source.view(-1)
+    total_rows = series * blocks_per_series
+
+    folded = fold is not None and kernel_size == 2 * block
+    gemm_taps = taps[:, :block] if folded else taps
+    gemm_span = gemm_taps.shape[1] - 1  # how far a row's window reaches back
+    first_valid = -(-gemm_span // block)  # first row whose window starts inside memory
+    windows = flat.as_strided(
+        (total_rows - first_valid, block + gemm_span), (block, 1), first_valid * block - gemm_span
+    )  # windows[i] is the window of row i + first_valid
+    bank = toeplitz_bank(gemm_taps, block)
+    out = x.new_empty(series, channels, padded_length)
+
+    rows_per_chunk = total_rows if x.is_cuda else _CPU_ROWS_PER_CHUNK
+    series_per_chunk = max(1, rows_per_chunk // blocks_per_series)
+    chunk_rows = series_per_chunk * blocks_per_series
+    if channels > 1:
+        # GEMM rows come out as (block, channel, time-in-block); one reused scratch buffer
+        # receives them before they are scattered into the (N, C, T) layout.
+        scratch = x.new_empty(chunk_rows, channels * block)
+    if folded:
+        assert fold is not None
+        half = x.new_empty(chunk_rows + 1, channels * block)  # half[i] is row row_start - 1 + i
+        ratios = fold.to(x.dtype).repeat_interleave(block)
+    for first in range(0, series, series_per_chunk):
+        last = min(series, first + series_per_chunk)
+        row_start, row_stop = first * blocks_per_series, last * blocks_per_series
+        if channels == 1:
+            target = out.view(total_rows, block)[row_start:row_stop]
+        else:
+            target = scratch[: row_stop - row_start]
+        if folded:
+            z_first = max(row_start - 1, first_valid)
+            z = half[: row_stop - row_start + 1]
+            torch.mm(
+                windows[z_first - first_valid : row_stop - first_valid],
+                bank,
+                out=z[z_first - row_start + 1 :],
+            )
+            y_first = max(row_start, head_rows) - row_start
+            torch.addcmul(z[y_first + 1 :], z[y_first:-1], ratios, out=target[y_first:])
+        else:
+            skip = max(0, first_valid - row_start)  # rows before the start of memory
+            torch.mm(
+                windows[row_start + skip - first_valid : row_stop - first_valid],
+                bank,
+                out=target[skip:],
+            )
+        if channels > 1:
+            count = last - first
+            out[first:last].view(count, channels, blocks_per_series, block).copy_(
+                target.view(count, blocks_per_series, channels, block).permute(0, 2, 1, 3)
+            )
+
+    out[:, :, :head] = _series_heads(x[:, :head], taps)
+    return out[:, :, :length] if padded_length != length else out

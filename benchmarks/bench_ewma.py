@@ -1,0 +1,176 @@
+"""Throughput of the ConvEWMA layer against pandas, SciPy and plain convolutions.
+
+Prints a Markdown table of output values per second, measured side by side in one run,
+and optionally writes it to a report file. Not a test: figures depend on the machine.
+
+    python benchmarks/bench_ewma.py                      # default allocator
+    python benchmarks/bench_ewma.py --tuned-allocator    # as the service runs
+    python benchmarks/bench_ewma.py --device cuda --report benchmarks/results/gpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from app.ewma import ConvEWMA
+from app.runtime import tune_allocator
+
+
+@dataclass
+class Row:
+    name: str
+    outputs: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.outputs / self.seconds
+
+
+def measure(fn: Callable[[], object], repeats: int, budget_s: float, sync: Callable[[], None]) -> float:
+    """Median wall time of ``fn`` after two warm-up calls; bounded by ``budget_s``."""
+    fn()
+    fn()
+    sync()
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < repeats and (len(times) < 3 or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--series", type=int, default=1024)
+    parser.add_argument("--length", type=int, default=4096)
+    parser.add_argument("--kernel-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--budget-s", type=float, default=20.0, help="time limit per row")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tuned-allocator", action="store_true", help="apply app.runtime.tune_allocator()")
+    parser.add_argument(
+        "--skip-slow", action="store_true", help="skip the literal (N, 1, T) conv1d and pandas"
+    )
+    parser.add_argument(
+        "--report", type=Path, default=None, help="also write the table to this Markdown file"
+    )
+    args = parser.parse_args()
+
+    tuned = tune_allocator() if args.tuned_allocator else False
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n, t, k = args.series, args.length, args.kernel_size
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, t, generator=generator).to(device)
+    alphas = [0.1, 0.3, 0.6]
+    bank = ConvEWMA(3, k, alpha=alphas, device=device).eval()
+    single = ConvEWMA(1, k, alpha=alphas[1], device=device).eval()
+    rows: list[Row] = []
+
+    def add(name: str, outputs: int, fn: Callable[[], object], note: str = "") -> None:
+        with torch.inference_mode():
+            rows.append(Row(name, outputs, measure(fn, args.repeats, args.budget_s, sync), note))
+
+    out = torch.empty(n, 3, t, device=device)
+    source = torch.randn(n, 3, t, generator=generator).to(device)
+    add(
+        "memory copy of a C=1 output (ceiling)",
+        n * t,
+        lambda: out[:, 0].copy_(source[:, 0]),
+        "preallocated destination",
+    )
+    add(
+        "memory copy of a C=3 output (ceiling)",
+        3 * n * t,
+        lambda: out.copy_(source),
+        "preallocated destination",
+    )
+    add(
+        "allocate + fill a C=3 output",
+        3 * n * t,
+        lambda: torch.empty(n, 3, t, device=device).fill_(1.0),
+        "page faults of a fresh tensor",
+    )
+    add("ConvEWMA C=1, zeros", n * t, lambda: single(x))
+    add("ConvEWMA C=1, adjust", n * t, lambda: single(x, warmup="adjust"))
+    add("ConvEWMA C=3 bank, zeros", 3 * n * t, lambda: bank(x))
+    add("ConvEWMA C=3 bank, adjust", 3 * n * t, lambda: bank(x, warmup="adjust"))
+    add("ConvEWMA C=3 depth-wise (N, 3, T)", 3 * n * t, lambda: bank(source))
+
+    taps = single.kernel(torch.float32).detach().flip(-1)  # (1, K), oldest lag first
+    add(
+        "F.conv1d depth-wise (1, N, T), groups=N",
+        n * t,
+        lambda: F.conv1d(F.pad(x.unsqueeze(0), (k - 1, 0)), taps.expand(n, 1, k), groups=n),
+    )
+    if not args.skip_slow:
+        add(
+            "F.conv1d literal (N, 1, T)",
+            n * t,
+            lambda: F.conv1d(F.pad(x.unsqueeze(1), (k - 1, 0)), taps[None]),
+        )
+
+    if device.type == "cpu":
+        import pandas as pd
+        from scipy import signal
+
+        xn = x.numpy()
+        fir = single.kernel(torch.float64)[0].detach().numpy()
+        a = float(single.alphas.detach())
+        add(
+            "scipy.signal.lfilter, same FIR (exact same maths)",
+            n * t,
+            lambda: signal.lfilter(fir.astype(np.float32), [1.0], xn, axis=1),
+        )
+        add(
+            "scipy.signal.lfilter, IIR recursion (untruncated)",
+            n * t,
+            lambda: signal.lfilter([a], [1.0, a - 1.0], xn, axis=1),
+        )
+        if not args.skip_slow:
+            frame = pd.DataFrame(xn.T)
+            add(
+                "pandas DataFrame.ewm(alpha).mean() (untruncated)",
+                n * t,
+                lambda: frame.ewm(alpha=a, adjust=True).mean(),
+            )
+
+    best = max(r.rate for r in rows if r.name.startswith("ConvEWMA C=1, zeros"))
+    lines = [
+        f"N={n} series x T={t}, K={k}, float32, device={device}, torch {torch.__version__}, "
+        f"threads={torch.get_num_threads()}, allocator={'tuned' if tuned else 'default'}, "
+        f"{platform.processor() or platform.machine()}",
+        "",
+        "| method | output values/s | ms per call | vs ConvEWMA C=1 | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.name} | {row.rate / 1e9:.3f} G | {row.seconds * 1e3:.2f} "
+            f"| {row.rate / best:.2f}x | {row.note} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from app.ewma import ConvEWMA
+from app.paths import DEFAULT_WEIGHTS
+from app.weights import ModelCard, WeightsError, load_weights, save_weights
+
+CARD = ModelCard(
+    channels=("fast", "slow"),
+    kernel_size=16,
+    normalize=False,
+    warmup="adjust",
+    eps=1e-6,
+    training_data="unit test",
+    final_loss=0.25,
+    created_at="2026-11-21T00:00:00+00:00",
+)
+
+
+@pytest.fixture
+def model() -> ConvEWMA:
+    return ConvEWMA(2, 16, normalize=False, warmup="adjust", alpha=[0.7, 0.1])
+
+
+def good_metadata() -> dict[str, str]:
+    return CARD.to_metadata()
+
+
+def test_round_trip_restores_model_and_card(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_weights(model, CARD, path)
+    loaded = load_weights(path)
+    assert loaded.card == CARD
+    torch.testing.assert_close(loaded.model.alphas, model.alphas.detach())
+    assert (loaded.model.kernel_size, loaded.model.normalize, loaded.model.warmup) == (16, False, "adjust")
+    assert not loaded.model.training
+    assert len(loaded.sha256) == 64
+
+
+def test_saving_is_byte_for_byte_reproducible(tmp_path, model):
+    save_weights(model, CARD, tmp_path / "a.safetensors")
+    save_weights(model, CARD, tmp_path / "b.safetensors")
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def test_shipped_default_model_loads():
+    loaded = load_weights(DEFAULT_WEIGHTS)
+    assert loaded.card.channels == ("infl", "realint", "tbilrate", "unemp")
+    assert loaded.card.kernel_size == 32
+    assert torch.all((loaded.model.alphas > 0) & (loaded.model.alphas < 1))
+
+
+def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def with_meta(**changes: str | None) -> dict[str, str]:
+    metadata = good_metadata()
+    for key, value in changes.items():
+        if value is None:
+            metadata.pop(key)
+        else:
+            metadata[key] = value
+    return metadata
+
+
+@pytest.mark.parametrize(
+    ("tensors", "metadata", "message"),
+    [
+        ({"logits": torch.zeros(3)}, good_metadata(), "must be a float tensor of shape (2,)"),
+        ({"logits": torch.zeros(2, 1)}, good_metadata(), "shape (2,)"),
+        ({"logits": torch.zeros(2, dtype=torch.int32)}, good_metadata(), "float tensor"),
+        ({"weights": torch.zeros(2)}, good_metadata(), "expected exactly the tensor 'logits'"),
+        ({"logits": torch.zeros(2), "extra": torch.zeros(1)}, good_metadata(), "found ['extra', 'logits']"),
+        ({"logits": torch.tensor([0.0, float("nan")])}, good_metadata(), "NaN or infinite"),
+        ({"logits": torch.tensor([0.0, float("inf")])}, good_metadata(), "NaN or infinite"),
+        ({"logits": torch.zeros(2)}, with_meta(kernel_size="33"), "kernel_size 33 outside [1, 32]"),
+        ({"logits": torch.zeros(2)}, with_meta(kernel_size="x"), "malformed metadata"),
+        ({"logits": torch.zeros(2)}, with_meta(format_version="2"), "unsupported format_version '2'"),
+        ({"logits": torch.zeros(2)}, with_meta(format_version=None), "'format_version' is missing"),
+        ({"logits": torch.zeros(2)}, with_meta(channels=None), "'channels' is missing"),
+        ({"logits": torch.zeros(2)}, with_meta(channels='["a", "a"]'), "duplicate channel names"),
+        ({"logits": torch.zeros(2)}, with_meta(channels="[]"), "non-empty JSON list"),
+        ({"logits": torch.zeros(2)}, with_meta(warmup="ones"), "warmup 'ones' is not one of"),
+        ({"logits": torch.zeros(2)}, with_meta(normalize="yes"), "malformed metadata"),
+        ({"logits": torch.zeros(2)}, with_meta(normalize="1"), "'normalize' must be true or false"),
+        ({"logits": torch.zeros(2)}, with_meta(eps="0.7"), "eps 0.7 outside"),
+    ],
+)
+def test_invalid_files_are_refused_with_reason(tmp_path, tensors, metadata, message):
+    path = write(tmp_path / "bad.safetensors", tensors, metadata)
+    with pytest.raises(WeightsError) as info:
+        load_weights(path)
+    assert message in str(info.value)
+
+
+def test_pickle_files_are_refused_without_unpickling(tmp_path, model):
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(WeightsError, match=r"pickle/torch\.save"):
+        load_weights(path)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(WeightsError, match=r"pickle/torch\.save"):
+        load_weights(legacy)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "too short"),
+        (b"hello world, not weights", "bad header"),
+        (struct.pack("<Q", 8) + b'{"a": 1}', "not a valid safetensors file"),
+    ],
+)
+def test_garbage_is_refused(tmp_path, content, message):
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=message):
+        load_weights(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(WeightsError, match="weights file not found"):
+        load_weights(tmp_path / "nope.safetensors")
+
+
+def test_header_is_canonical_json(tmp_path, model):
+    path = tmp_path / "m.safetensors"
+    save_weights(model, CARD, path)
+    blob = path.read_bytes()
+    (length,) = struct.unpack("<Q", blob[:8])
+    assert length % 8 == 0
+    header = json.loads(blob[8 : 8 + length])
+    assert list(header) == sorted(header)
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
