@@ -1,0 +1,268 @@
+"""Work-conserving dynamic micro-batching of smoothing requests.
+
+Requests carry one or more ragged 1-D series.  They are split into pieces that fit a
+batch, queued, and run by one loop: whenever the model is idle and work is queued, the
+loop takes the oldest piece plus as many queued pieces of the same warm-up mode as fit
+the limits, right-pads them into one ``(N, T)`` tensor (the convolution is causal, so
+right padding cannot change an output), runs one forward in a worker thread, trims and
+hands each piece its rows.  A lone request on an idle server runs at once; while a
+batch runs, arrivals queue and form the next one.  A failing forward fails the pieces
+of that batch only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+Forward = Callable[[torch.Tensor, str], torch.Tensor]  # (N, T), warmup -> (N, C, T)
+
+
+class QueueFullError(Exception):
+    """Too many values are waiting; the client should retry later."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+class BatchFailedError(Exception):
+    """The forward of the batch holding this request failed."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 256  # series per forward
+    max_batch_values: int = 4_000_000  # padded values per forward
+    max_wait_s: float = 0.0  # extra wait for a fuller batch; 0 = never wait on purpose
+    max_queue_values: int = 50_000_000  # values waiting before new work is refused
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_batch_values < 1 or self.max_queue_values < 1:
+            raise ValueError(f"batch and queue limits must be >= 1: {self}")
+        if self.max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    series: int
+    values: int  # real values
+    padded_values: int  # values in the padded tensor
+    queue_wait_s: float  # of the oldest piece
+    forward_s: float
+    failed: bool
+
+
+@dataclass(eq=False)
+class _Piece:
+    series: Sequence[np.ndarray]
+    warmup: str
+    future: asyncio.Future[list[np.ndarray]]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def values(self) -> int:
+        return sum(len(s) for s in self.series)
+
+    @property
+    def longest(self) -> int:
+        return max(len(s) for s in self.series)
+
+
+def split_request(series: Sequence[np.ndarray], limits: BatchLimits) -> list[list[np.ndarray]]:
+    """Consecutive runs of series that each fit one batch (a longer series stands alone)."""
+    pieces: list[list[np.ndarray]] = []
+    current: list[np.ndarray] = []
+    longest = 0
+    for values in series:
+        count, widest = len(current) + 1, max(longest, len(values))
+        if current and (count > limits.max_batch_size or count * widest > limits.max_batch_values):
+            pieces.append(current)
+            current, widest = [], len(values)
+        current.append(values)
+        longest = widest
+    pieces.append(current)
+    return pieces
+
+
+class MicroBatcher:
+    """Queue plus one batching loop; see the module docstring."""
+
+    def __init__(
+        self,
+        forward: Forward,
+        limits: BatchLimits,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self._forward = forward
+        self.limits = limits
+        self._on_batch = on_batch
+        self._queue: deque[_Piece] = deque()
+        self._queued_values = 0
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._runner: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convewma-forward")
+        self.batches_run = 0
+        self.in_flight = 0
+
+    @property
+    def queued_values(self) -> int:
+        return self._queued_values
+
+    @property
+    def queued_pieces(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="convewma-batcher")
+
+    async def stop(self) -> None:
+        """Refuse new work, finish everything already accepted, then stop the loop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._runner is not None:
+            await self._runner
+            self._runner = None
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, series: Sequence[np.ndarray], warmup: str) -> list[np.ndarray]:
+        """Smooth ``series`` (1-D float32 arrays); returns one ``(C, len)`` array each."""
+        if self._closed:
+            raise BatcherClosedError("the server is shutting down")
+        if not series:
+            return []
+        values = sum(len(s) for s in series)
+        if self._queued_values + values > self.limits.max_queue_values:
+            raise QueueFullError(
+                f"{self._queued_values} values are queued; {values} more would exceed "
+                f"{self.limits.max_queue_values}"
+            )
+        loop = asyncio.get_running_loop()
+        pieces = [_Piece(part, warmup, loop.create_future()) for part in split_request(series, self.limits)]
+        self._queue.extend(pieces)
+        self._queued_values += values
+        self._wakeup.set()
+        try:
+            results = await asyncio.gather(*(p.future for p in pieces))
+        except BaseException:
+            # Cancelled (client timeout or disconnect): pieces not yet started are dropped.
+            for piece in pieces:
+                piece.future.cancel()
+            self._wakeup.set()  # let the loop discard them and release their queue share
+            raise
+        return [row for part in results for row in part]
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.limits.max_wait_s > 0 and not self._closed:
+                await self._wait_for_fuller_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _wait_for_fuller_batch(self) -> None:
+        deadline = self._queue[0].enqueued_at + self.limits.max_wait_s
+        while not self._closed and not self._batch_is_full():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+
+    def _batch_is_full(self) -> bool:
+        count = sum(len(p.series) for p in self._queue)
+        values = sum(p.values for p in self._queue)
+        return count >= self.limits.max_batch_size or values >= self.limits.max_batch_values
+
+    def _take_batch(self) -> list[_Piece]:
+        """The oldest live piece plus later pieces of its warm-up mode that still fit."""
+        batch: list[_Piece] = []
+        count = longest = 0
+        kept: deque[_Piece] = deque()
+        while self._queue:
+            piece = self._queue.popleft()
+            if piece.future.done():  # cancelled before it started: its work is dropped
+                self._queued_values -= piece.values
+                continue
+            new_count = count + len(piece.series)
+            new_longest = max(longest, piece.longest)
+            fits = (
+                new_count <= self.limits.max_batch_size
+                and new_count * new_longest <= self.limits.max_batch_values
+            )
+            if batch and (piece.warmup != batch[0].warmup or not fits):
+                kept.append(piece)
+                continue
+            batch.append(piece)
+            self._queued_values -= piece.values
+            count, longest = new_count, new_longest
+        self._queue = kept
+        return batch
+
+    async def _execute(self, batch: list[_Piece]) -> None:
+        rows = [s for piece in batch for s in piece.series]
+        lengths = [len(s) for s in rows]
+        padded = np.zeros((len(rows), max(lengths)), dtype=np.float32)
+        for index, values in enumerate(rows):
+            padded[index, : len(values)] = values
+        started = time.perf_counter()
+        wait = started - batch[0].enqueued_at
+        self.in_flight += 1
+        failed = False
+        try:
+            loop = asyncio.get_running_loop()
+            output = await loop.run_in_executor(self._executor, self._run_forward, padded, batch[0].warmup)
+            if output.shape[0] != len(rows):
+                raise BatchFailedError(f"forward returned {output.shape[0]} rows for {len(rows)} series")
+        except Exception as exc:
+            failed = True
+            error = exc if isinstance(exc, BatchFailedError) else BatchFailedError(f"batch failed: {exc!r}")
+            error.__cause__ = exc
+            for piece in batch:
+                if not piece.future.done():
+                    piece.future.set_exception(error)
+        else:
+            offset = 0
+            for piece in batch:
+                count = len(piece.series)
+                part = [output[offset + i, :, : lengths[offset + i]] for i in range(count)]
+                offset += count
+                if not piece.future.done():
+                    piece.future.set_result(part)
+        finally:
+            self.in_flight -= 1
+            self.batches_run += 1
+            if self._on_batch is not None:
+                self._on_batch(
+                    BatchStats(
+                        series=len(rows),
+                        values=sum(lengths),
+                        padded_values=padded.size,
+                        queue_wait_s=wait,
+                        forward_s=time.perf_counter() - started,
+                        failed=failed,
+                    )
+                )
+
+    def _run_forward(self, padded: np.ndarray, warmup: str) -> np.ndarray:
+        with torch.inference_mode():
+            result = self._forward(torch.from_numpy(padded), warmup)
+            return result.to("cpu", torch.float32).numpy()

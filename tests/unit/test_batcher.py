@@ -1,0 +1,243 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from app.batcher import (
+    BatcherClosedError,
+    BatchFailedError,
+    BatchLimits,
+    BatchStats,
+    MicroBatcher,
+    QueueFullError,
+    split_request,
+)
+from app.ewma import ConvEWMA
+
+LAYER = ConvEWMA(2, 8, alpha=[0.2, 0.7]).eval()
+
+
+def model_forward(x: torch.Tensor, warmup: str) -> torch.Tensor:
+    return LAYER(x, warmup=warmup)
+
+
+def one_at_a_time(series: np.ndarray, warmup: str = "zeros") -> np.ndarray:
+    with torch.inference_mode():
+        return LAYER(torch.from_numpy(series)[None], warmup=warmup)[0].numpy()
+
+
+def ragged(rng: np.random.Generator, count: int) -> list[np.ndarray]:
+    return [rng.normal(size=int(rng.integers(1, 300))).astype(np.float32) for _ in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("lengths", "limits", "expected"),
+    [
+        ([5, 5, 5], BatchLimits(max_batch_size=2), [2, 1]),
+        ([5, 5, 5], BatchLimits(max_batch_values=10), [2, 1]),
+        ([5, 50, 5], BatchLimits(max_batch_values=20), [1, 1, 1]),
+        ([3], BatchLimits(max_batch_size=1), [1]),
+    ],
+)
+def test_split_request(lengths, limits, expected):
+    pieces = split_request([np.zeros(n, np.float32) for n in lengths], limits)
+    assert [len(p) for p in pieces] == expected
+    assert [len(s) for p in pieces for s in p] == lengths  # order kept
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_ragged_requests_match_one_at_a_time_with_fewer_forwards():
+    rng = np.random.default_rng(0)
+    requests = [ragged(rng, int(rng.integers(1, 4))) for _ in range(40)]
+    stats: list[BatchStats] = []
+
+    async def scenario():
+        batcher = MicroBatcher(model_forward, BatchLimits(max_batch_size=64), on_batch=stats.append)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit(r, "zeros") for r in requests))
+        await batcher.stop()
+        return results, batcher.batches_run
+
+    results, forwards = run(scenario())
+    assert forwards < len(requests)
+    for request, result in zip(requests, results, strict=True):
+        assert len(result) == len(request)
+        for series, smoothed in zip(request, result, strict=True):
+            assert smoothed.shape == (2, len(series))
+            np.testing.assert_allclose(smoothed, one_at_a_time(series), rtol=1e-6, atol=1e-6)
+    assert sum(s.series for s in stats) == sum(len(r) for r in requests)
+    assert all(s.padded_values >= s.values for s in stats)
+
+
+def test_warmup_modes_are_not_mixed_in_a_batch():
+    rng = np.random.default_rng(1)
+    series = ragged(rng, 1)
+
+    async def scenario():
+        batcher = MicroBatcher(model_forward, BatchLimits())
+        await batcher.start()
+        zeros, adjust = await asyncio.gather(
+            batcher.submit(series, "zeros"), batcher.submit(series, "adjust")
+        )
+        await batcher.stop()
+        return zeros, adjust
+
+    zeros, adjust = run(scenario())
+    np.testing.assert_allclose(zeros[0], one_at_a_time(series[0], "zeros"), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(adjust[0], one_at_a_time(series[0], "adjust"), rtol=1e-6, atol=1e-6)
+
+
+def test_oversized_request_is_split_and_reassembled_in_order():
+    rng = np.random.default_rng(2)
+    request = ragged(rng, 25)
+
+    async def scenario():
+        batcher = MicroBatcher(model_forward, BatchLimits(max_batch_size=4))
+        await batcher.start()
+        result = await batcher.submit(request, "zeros")
+        await batcher.stop()
+        return result, batcher.batches_run
+
+    result, forwards = run(scenario())
+    assert forwards >= 7
+    for series, smoothed in zip(request, result, strict=True):
+        np.testing.assert_allclose(smoothed, one_at_a_time(series), rtol=1e-6, atol=1e-6)
+
+
+def test_a_poisoned_batch_fails_only_its_own_requests():
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def forward(x: torch.Tensor, warmup: str) -> torch.Tensor:
+        calls.append(x.shape[0])
+        if len(calls) == 1:
+            gate.wait(5)  # hold the first batch so the others queue behind it
+            return model_forward(x, warmup)
+        if (x == 13.0).any():
+            raise RuntimeError("poisoned")
+        return model_forward(x, warmup)
+
+    async def scenario():
+        batcher = MicroBatcher(forward, BatchLimits(max_batch_size=2))
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit([np.ones(5, np.float32)], "zeros"))
+        await asyncio.sleep(0.05)
+        poisoned = asyncio.create_task(batcher.submit([np.full(5, 13.0, np.float32)], "zeros"))
+        neighbour = asyncio.create_task(batcher.submit([np.ones(5, np.float32)], "zeros"))
+        later = asyncio.create_task(batcher.submit([np.ones(5, np.float32)] * 2, "zeros"))
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, poisoned, neighbour, later, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    first, poisoned, neighbour, later = run(scenario())
+    assert isinstance(poisoned, BatchFailedError)
+    assert isinstance(neighbour, BatchFailedError)  # shared the poisoned batch
+    assert not isinstance(first, BaseException)
+    assert not isinstance(later, BaseException)  # the batcher kept running
+    assert len(later) == 2
+
+
+def test_output_count_mismatch_fails_the_batch():
+    async def scenario():
+        batcher = MicroBatcher(lambda x, w: LAYER(x[:1], warmup=w), BatchLimits())
+        await batcher.start()
+        with pytest.raises(BatchFailedError, match="returned 1 rows for 2 series"):
+            await batcher.submit([np.ones(3, np.float32)] * 2, "zeros")
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_queue_limit_refuses_new_work():
+    gate = threading.Event()
+
+    def slow(x: torch.Tensor, warmup: str) -> torch.Tensor:
+        gate.wait(5)
+        return model_forward(x, warmup)
+
+    async def scenario():
+        batcher = MicroBatcher(slow, BatchLimits(max_queue_values=10))
+        await batcher.start()
+        running = asyncio.create_task(batcher.submit([np.ones(4, np.float32)], "zeros"))
+        await asyncio.sleep(0.05)  # now in the forward, no longer queued
+        queued = asyncio.create_task(batcher.submit([np.ones(8, np.float32)], "zeros"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            await batcher.submit([np.ones(3, np.float32)], "zeros")
+        gate.set()
+        await asyncio.gather(running, queued)
+        await batcher.stop()
+
+    run(scenario())
+
+
+def test_cancelled_requests_are_dropped_before_they_start():
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def forward(x: torch.Tensor, warmup: str) -> torch.Tensor:
+        seen.append(x.shape[1])
+        gate.wait(5)
+        return model_forward(x, warmup)
+
+    async def scenario():
+        batcher = MicroBatcher(forward, BatchLimits())
+        await batcher.start()
+        running = asyncio.create_task(batcher.submit([np.ones(4, np.float32)], "zeros"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(batcher.submit([np.ones(99, np.float32)], "zeros"), 0.05)
+        gate.set()
+        await running
+        await batcher.stop()
+
+    run(scenario())
+    assert seen == [4]  # the timed-out request never reached the model
+
+
+def test_stop_drains_accepted_work_then_refuses_new():
+    async def scenario():
+        batcher = MicroBatcher(model_forward, BatchLimits(max_batch_size=1))
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit([np.ones(10, np.float32)], "zeros")) for _ in range(5)]
+        await asyncio.sleep(0)
+        await batcher.stop()
+        results = await asyncio.gather(*tasks)
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit([np.ones(3, np.float32)], "zeros")
+        return results
+
+    assert len(run(scenario())) == 5
+
+
+def test_max_wait_collects_a_fuller_batch():
+    sizes: list[int] = []
+
+    async def scenario():
+        batcher = MicroBatcher(
+            model_forward, BatchLimits(max_wait_s=0.2), on_batch=lambda s: sizes.append(s.series)
+        )
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit([np.ones(3, np.float32)], "zeros"))
+        await asyncio.sleep(0.02)
+        second = asyncio.create_task(batcher.submit([np.ones(3, np.float32)], "zeros"))
+        await asyncio.gather(first, second)
+        await batcher.stop()
+
+    run(scenario())
+    assert sizes == [2]
+
+
+@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_wait_s": -1.0}, {"max_queue_values": 0}])
+def test_limits_validation(kwargs):
+    with pytest.raises(ValueError, match="must be"):
+        BatchLimits(**kwargs)
