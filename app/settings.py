@@ -1,0 +1,43 @@
+"""Service settings: environment variables with the ``CONVEWMA_`` prefix, read once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.paths import DEFAULT_WEIGHTS
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; invalid values stop start-up with pydantic's message."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEWMA_", extra="forbid", frozen=True)
+
+    weights: Path = Field(DEFAULT_WEIGHTS, description="safetensors weights to serve")
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_batch_size: int = Field(256, ge=1, description="series per forward")
+    max_batch_values: int = Field(4_000_000, ge=1, description="padded values per forward")
+    max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0, description="extra wait for a fuller batch")
+    max_queue: int = Field(50_000_000, ge=1, description="values waiting before 503")
+    max_series: int = Field(1024, ge=1, description="series per request")
+    max_length: int = Field(100_000, ge=1, description="values per series")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
+    request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    tune_allocator: bool = Field(True, description="reuse freed pages for large tensors (glibc)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.max_length > self.max_batch_values:
+            raise ValueError(
+                f"max_length ({self.max_length}) must not exceed max_batch_values ({self.max_batch_values}): "
+                "a single series must fit in one batch"
+            )
+        return self
