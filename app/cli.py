@@ -120,6 +120,42 @@ def _smooth(args: argparse.Namespace, console: Console) -> None:
         writer.writerows(rows)
 
 
+def _serve(args: argparse.Namespace, console: Console) -> None:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    overrides = {
+        k: v
+        for k, v in (
+            ("host", args.host),
+            ("port", args.port),
+            ("weights", args.weights),
+            ("device", args.device),
+        )
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise CliError(
+            "invalid settings: "
+            + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        ) from None
+    load_weights(settings.weights)  # fail fast, in one line, before uvicorn starts
+    # One worker: batches form inside one process; scale out with replicas.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convewma", description="ConvEWMA: learned exponential smoothing")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     smooth.add_argument("--weights", default=str(DEFAULT_WEIGHTS), metavar="FILE")
     smooth.add_argument("--warmup", choices=WARMUP_MODES, default=None)
     smooth.add_argument("--out", default=None, metavar="FILE", help="CSV to write (default: stdout)")
+
+    serve = commands.add_parser("serve", help="start the HTTP service (settings: CONVEWMA_* variables)")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--weights", default=None, metavar="FILE")
+    serve.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     return parser
 
 
@@ -152,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console = Console(stderr=True)
-    handlers = {"train": _train, "smooth": _smooth}
+    handlers = {"train": _train, "smooth": _smooth, "serve": _serve}
     try:
         handlers[args.command](args, console)
     except (CliError, DataError, WeightsError, ValueError, OSError) as exc:

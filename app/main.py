@@ -1,0 +1,86 @@
+"""App factory and lifespan: ``uvicorn app.main:app`` or ``convewma serve``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from app import __version__
+from app.batcher import BatcherClosedError, BatchFailedError, QueueFullError
+from app.metrics import RequestMetricsMiddleware, ServiceMetrics
+from app.routes import json_response, router
+from app.schemas import RequestError
+from app.service import SmoothingService
+from app.settings import Settings
+
+logger = logging.getLogger("convewma")
+ROUTES = frozenset({"/smooth", "/alphas", "/healthz", "/readyz", "/metrics"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every domain error maps to one HTTP status with a JSON ``detail``, here and only here."""
+
+    async def request_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestError)
+        return json_response({"detail": exc.detail}, status=exc.status)
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        response = json_response({"detail": f"server busy: {exc}"}, status=503)
+        response.headers["Retry-After"] = "1"
+        return response
+
+    async def timed_out(request: Request, exc: Exception) -> Response:
+        return json_response(
+            {"detail": "the request did not complete within the server's timeout"}, status=504
+        )
+
+    async def batch_failed(request: Request, exc: Exception) -> Response:
+        logger.error("batch failed", exc_info=exc.__cause__ or exc)
+        return json_response({"detail": "internal error while smoothing this batch"}, status=500)
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(QueueFullError, unavailable)
+    app.add_exception_handler(BatcherClosedError, unavailable)
+    app.add_exception_handler(TimeoutError, timed_out)
+    app.add_exception_handler(BatchFailedError, batch_failed)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = SmoothingService(settings, metrics)  # loads and validates the weights
+        await service.start()  # warm-up forward, then the batcher; ready from here
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.stop()  # uvicorn stopped intake; finish what was accepted
+
+    app = FastAPI(
+        title="convewma-service",
+        version=__version__,
+        description="Exponential smoothing with learned per-channel alphas, micro-batched.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, routes=ROUTES)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` builds the app from the environment on first access only, so
+    # importing this module (tests, tools) reads no settings.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
