@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -69,11 +70,12 @@ class _Piece:
     future: asyncio.Future[list[np.ndarray]]
     enqueued_at: float = field(default_factory=time.perf_counter)
 
-    @property
+    # Cached: the loop re-reads these for every queued piece on every wake-up.
+    @cached_property
     def values(self) -> int:
         return sum(len(s) for s in self.series)
 
-    @property
+    @cached_property
     def longest(self) -> int:
         return max(len(s) for s in self.series)
 

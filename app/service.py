@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from app.batcher import BatchLimits, BatchStats, MicroBatcher
+from app.batcher import BatchLimits, MicroBatcher
 from app.metrics import ServiceMetrics
 from app.runtime import tune_allocator
 from app.settings import Settings
@@ -48,7 +48,7 @@ class SmoothingService:
                 max_wait_s=settings.max_wait_ms / 1000.0,
                 max_queue_values=settings.max_queue,
             ),
-            on_batch=self._on_batch,
+            on_batch=metrics.observe_batch,
         )
         metrics.model.info(
             {
@@ -83,6 +83,3 @@ class SmoothingService:
     async def stop(self) -> None:
         self.ready = False
         await self.batcher.stop()
-
-    def _on_batch(self, stats: BatchStats) -> None:
-        self.metrics.observe_batch(stats)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -8,7 +10,7 @@ from app.settings import Settings
 
 
 def test_defaults_point_at_the_shipped_model(monkeypatch):
-    for name in [n for n in __import__("os").environ if n.startswith("CONVEWMA_")]:
+    for name in [n for n in os.environ if n.startswith("CONVEWMA_")]:
         monkeypatch.delenv(name)
     settings = Settings()
     assert settings.weights == DEFAULT_WEIGHTS
