@@ -2,18 +2,20 @@
 
 Requests carry one or more ragged 1-D series.  They are split into pieces that fit a
 batch, queued, and run by one loop: whenever the model is idle and work is queued, the
-loop takes the oldest piece plus as many queued pieces of the same warm-up mode as fit
-the limits, right-pads them into one ``(N, T)`` tensor (the convolution is causal, so
-right padding cannot change an output), runs one forward in a worker thread, trims and
-hands each piece its rows.  A lone request on an idle server runs at once; while a
-batch runs, arrivals queue and form the next one.  A failing forward fails the pieces
-of that batch only.
+loop takes the oldest piece plus the queued pieces of the same warm-up mode closest to it
+in length that fit the limits, right-pads them into one ``(N, T)`` tensor (the
+convolution is causal, so right padding cannot change an output), runs one forward in a
+worker thread, trims and hands each piece its rows.  Grouping by length keeps padding
+low; the oldest piece always leads a batch, so no piece starves.  A lone request on an
+idle server runs at once; while a batch runs, arrivals queue and form the next one.  A
+failing forward fails the pieces of that batch only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -25,6 +27,10 @@ import numpy as np
 import torch
 
 Forward = Callable[[torch.Tensor, str], torch.Tensor]  # (N, T), warmup -> (N, C, T)
+
+# Below this many padded values a forward costs less than the per-batch overhead (thread
+# hop, tensor set-up), so a small batch may pad freely rather than split.
+PADDING_SLACK_VALUES = 65_536
 
 
 class QueueFullError(Exception):
@@ -45,12 +51,15 @@ class BatchLimits:
     max_batch_values: int = 4_000_000  # padded values per forward
     max_wait_s: float = 0.0  # extra wait for a fuller batch; 0 = never wait on purpose
     max_queue_values: int = 50_000_000  # values waiting before new work is refused
+    max_padding_fraction: float = 0.25  # of a batch tensor, beyond PADDING_SLACK_VALUES
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_values < 1 or self.max_queue_values < 1:
             raise ValueError(f"batch and queue limits must be >= 1: {self}")
         if self.max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
+        if not 0.0 <= self.max_padding_fraction <= 1.0:
+            raise ValueError(f"max_padding_fraction must be in [0, 1], got {self.max_padding_fraction}")
 
 
 @dataclass(frozen=True)
@@ -195,28 +204,42 @@ class MicroBatcher:
         return count >= self.limits.max_batch_size or values >= self.limits.max_batch_values
 
     def _take_batch(self) -> list[_Piece]:
-        """The oldest live piece plus later pieces of its warm-up mode that still fit."""
-        batch: list[_Piece] = []
-        count = longest = 0
-        kept: deque[_Piece] = deque()
-        while self._queue:
-            piece = self._queue.popleft()
+        """The oldest live piece plus the same-mode pieces nearest its length that still fit."""
+        live: list[_Piece] = []
+        for piece in self._queue:
             if piece.future.done():  # cancelled before it started: its work is dropped
                 self._queued_values -= piece.values
-                continue
+            else:
+                live.append(piece)
+        if not live:
+            self._queue.clear()
+            return []
+        anchor = live[0]
+        scale = math.log2(anchor.longest)
+        candidates = sorted(
+            (p for p in live[1:] if p.warmup == anchor.warmup),
+            key=lambda p: abs(math.log2(p.longest) - scale),  # stable: ties stay oldest first
+        )
+        batch = [anchor]
+        count, longest, values = len(anchor.series), anchor.longest, anchor.values
+        for piece in candidates:
+            if count >= self.limits.max_batch_size:
+                break
             new_count = count + len(piece.series)
             new_longest = max(longest, piece.longest)
-            fits = (
+            new_values = values + piece.values
+            padded = new_count * new_longest
+            if (
                 new_count <= self.limits.max_batch_size
-                and new_count * new_longest <= self.limits.max_batch_values
-            )
-            if batch and (piece.warmup != batch[0].warmup or not fits):
-                kept.append(piece)
-                continue
-            batch.append(piece)
-            self._queued_values -= piece.values
-            count, longest = new_count, new_longest
-        self._queue = kept
+                and padded <= self.limits.max_batch_values
+                and padded - new_values
+                <= max(PADDING_SLACK_VALUES, self.limits.max_padding_fraction * padded)
+            ):
+                batch.append(piece)
+                count, longest, values = new_count, new_longest, new_values
+        taken = {id(p) for p in batch}
+        self._queue = deque(p for p in live if id(p) not in taken)
+        self._queued_values -= values
         return batch
 
     async def _execute(self, batch: list[_Piece]) -> None:

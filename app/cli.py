@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import os
 import sys
@@ -124,6 +125,7 @@ def _serve(args: argparse.Namespace, console: Console) -> None:
     import uvicorn
     from pydantic import ValidationError
 
+    from app.drain import DrainingServer, DrainState
     from app.main import create_app
     from app.settings import Settings
 
@@ -145,15 +147,19 @@ def _serve(args: argparse.Namespace, console: Console) -> None:
             + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         ) from None
     load_weights(settings.weights)  # fail fast, in one line, before uvicorn starts
-    # One worker: batches form inside one process; scale out with replicas.
-    uvicorn.run(
-        create_app(settings),
+    drain = DrainState()
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["convewma"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config = uvicorn.Config(
+        create_app(settings, drain=drain),
         host=settings.host,
         port=settings.port,
-        workers=1,
+        workers=1,  # batches form inside one process; scale out with replicas
         log_level=settings.log_level,
+        log_config=log_config,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
     )
+    DrainingServer(config, drain, settings.drain_s).run()
 
 
 def build_parser() -> argparse.ArgumentParser:

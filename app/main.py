@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 
 from app import __version__
 from app.batcher import BatcherClosedError, BatchFailedError, QueueFullError
+from app.drain import DrainMiddleware, DrainState
 from app.metrics import RequestMetricsMiddleware, ServiceMetrics
 from app.routes import json_response, router
 from app.schemas import RequestError
@@ -48,8 +49,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatchFailedError, batch_failed)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, drain: DrainState | None = None) -> FastAPI:
+    """The app; ``drain`` is shared with ``DrainingServer`` so that SIGTERM starts a drain."""
     settings = settings or Settings()
+    drain = drain or DrainState()
     metrics = ServiceMetrics()
 
     @asynccontextmanager
@@ -70,8 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.drain = drain
     app.include_router(router)
     install_error_handlers(app)
+    app.add_middleware(DrainMiddleware, state=drain)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, routes=ROUTES)
     return app
 

@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.batcher import BatcherClosedError
 from app.schemas import (
     AlphasResponse,
     ErrorResponse,
@@ -67,6 +68,10 @@ async def smooth(request: Request) -> Response:
     if media_type != JSON:
         raise RequestError(415, f"content-type must be {JSON}, got {media_type or 'none'}")
     body = await read_body(request, settings.max_body_bytes)
+    # Checked after the body is read: closing a socket with unread input resets it, and
+    # the client would see a reset instead of this 503.
+    if request.app.state.drain.active:
+        raise BatcherClosedError("the server is shutting down; retry on another replica")
     job = parse_smooth_request(
         body, RequestLimits(settings.max_series, settings.max_length), service.channels
     )
@@ -112,6 +117,8 @@ async def healthz() -> Response:
 @router.get("/readyz", summary="Readiness: 200 once the model is loaded and warm", responses={503: {}})
 async def readyz(request: Request) -> Response:
     service: SmoothingService | None = getattr(request.app.state, "service", None)
+    if request.app.state.drain.active:
+        return json_response({"status": "draining"}, status=503)
     if service is None or not service.ready:
         return json_response({"status": "not ready"}, status=503)
     return json_response({"status": "ready", "model_version": service.model_version})

@@ -47,6 +47,7 @@ class SmoothingService:
                 max_batch_values=settings.max_batch_values,
                 max_wait_s=settings.max_wait_ms / 1000.0,
                 max_queue_values=settings.max_queue,
+                max_padding_fraction=settings.max_padding_fraction,
             ),
             on_batch=metrics.observe_batch,
         )

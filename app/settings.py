@@ -23,11 +23,17 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(256, ge=1, description="series per forward")
     max_batch_values: int = Field(4_000_000, ge=1, description="padded values per forward")
     max_wait_ms: float = Field(0.0, ge=0.0, le=10_000.0, description="extra wait for a fuller batch")
+    max_padding_fraction: float = Field(
+        0.25, ge=0.0, le=1.0, description="padding share above which a batch groups by length"
+    )
     max_queue: int = Field(50_000_000, ge=1, description="values waiting before 503")
     max_series: int = Field(1024, ge=1, description="series per request")
     max_length: int = Field(100_000, ge=1, description="values per series")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
     request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    drain_s: float = Field(
+        5.0, ge=0.0, le=300.0, description="on SIGTERM, answer 503 for up to this long before closing"
+    )
     tune_allocator: bool = Field(True, description="reuse freed pages for large tensors (glibc)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -206,3 +206,23 @@ async def test_non_finite_results_fail_only_that_request():
     assert bad.status_code == 422
     assert "series[0]: the smoothed values overflow float32" in bad.json()["detail"]
     assert good.status_code == 200
+
+
+async def test_draining_refuses_new_work_and_closes_connections():
+    app = create_app(settings())
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            assert (await post(http, {"series": [[1.0, 2.0]]})).status_code == 200
+            app.state.drain.begin()  # what DrainingServer does on SIGTERM
+            refused = await post(http, {"series": [[1.0, 2.0]]})
+            ready = await http.get("/readyz")
+            alive = await http.get("/healthz")
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["connection"] == "close"
+    assert "shutting down" in refused.json()["detail"]
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "draining"}
+    assert alive.status_code == 200  # still live: the orchestrator must not kill it early
+    assert alive.headers["connection"] == "close"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 
 from app.paths import DEFAULT_WEIGHTS
@@ -53,7 +57,7 @@ def wait_ready(base: str, process: subprocess.Popen[str], timeout_s: float = 60.
 @pytest.fixture
 def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
-    process = start_server(port)
+    process = start_server(port, CONVEWMA_DRAIN_S="20")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(base, process)
@@ -61,7 +65,8 @@ def server() -> Iterator[tuple[str, subprocess.Popen[str]]]:
     finally:
         if process.poll() is None:
             process.kill()
-        process.communicate(timeout=10)  # reaps the process and closes its pipe
+        if process.stdout is not None and not process.stdout.closed:
+            process.communicate(timeout=10)  # reaps the process and closes its pipe
 
 
 def test_serves_real_requests(server):
@@ -81,4 +86,58 @@ def test_bad_weights_stop_startup_with_the_reason(tmp_path):
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "only safetensors is accepted" in output
+    assert "Traceback" not in output
+
+
+async def burst_with_sigterm(base: str, process: subprocess.Popen[str], body: bytes) -> list[object]:
+    """32 requests in flight, SIGTERM, then 8 clients keep sending for 1 s while it drains."""
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def one() -> object:
+            try:
+                return await client.post("/smooth", content=body, headers=headers)
+            except httpx.TransportError as exc:  # a reset or a refused connection
+                return exc
+
+        async def keep_sending(until: float) -> list[object]:
+            outcomes = []
+            while time.monotonic() < until and len(outcomes) < 50:  # bounded in time and count
+                outcomes.append(await one())
+            return outcomes
+
+        before = [asyncio.create_task(one()) for _ in range(32)]
+        await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        until = time.monotonic() + 1.0
+        after = await asyncio.gather(*(keep_sending(until) for _ in range(8)))
+        return [*await asyncio.gather(*before), *(o for outcomes in after for o in outcomes)]
+
+
+def test_sigterm_during_a_burst_answers_every_request_then_exits_cleanly(server):
+    base, process = server
+    series = np.random.default_rng(1).normal(size=(8, 2048))
+    body = orjson.dumps({"series": series.tolist()})  # encoded once: the client stays light
+    outcomes = asyncio.run(burst_with_sigterm(base, process, body))
+    output, _ = process.communicate(timeout=60)
+
+    failures = Counter(type(o).__name__ for o in outcomes if not isinstance(o, httpx.Response))
+    assert not failures, f"transport errors: {dict(failures)}"
+    responses = [o for o in outcomes if isinstance(o, httpx.Response)]
+    statuses = sorted({r.status_code for r in responses})
+    assert set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses  # work accepted before SIGTERM finished
+    assert 503 in statuses  # work arriving while draining was refused, not reset
+    expected = bank_reference(series, ALPHAS, 32)
+    for response in responses:
+        if response.status_code == 200:
+            assert max_relative_error(np.array(response.json()["smoothed"]), expected) <= 1e-5
+        else:
+            assert response.headers["retry-after"] == "1"
+            assert response.headers["connection"] == "close"
+            assert "shutting down" in response.json()["detail"]
+    assert process.returncode == 0, output
+    assert "convewma ready" in output
+    assert "drained after" in output
     assert "Traceback" not in output

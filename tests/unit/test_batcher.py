@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from app import batcher as batcher_module
 from app.batcher import (
     BatcherClosedError,
     BatchFailedError,
@@ -237,7 +238,57 @@ def test_max_wait_collects_a_fuller_batch():
     assert sizes == [2]
 
 
-@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_wait_s": -1.0}, {"max_queue_values": 0}])
+@pytest.mark.parametrize(
+    ("max_padding_fraction", "expected_shapes"),
+    [
+        (0.25, [(1, 4), (2, 1000), (2, 12), (1, 1000)]),  # grouped by length
+        (1.0, [(1, 4), (4, 1000), (1, 1000)]),  # padding allowed: FIFO fill
+    ],
+)
+def test_batches_group_by_length_to_limit_padding(monkeypatch, max_padding_fraction, expected_shapes):
+    monkeypatch.setattr(batcher_module, "PADDING_SLACK_VALUES", 0)
+    gate = threading.Event()
+    shapes: list[tuple[int, int]] = []
+    padding: list[float] = []
+
+    def forward(x: torch.Tensor, warmup: str) -> torch.Tensor:
+        shapes.append((x.shape[0], x.shape[1]))
+        gate.wait(5)
+        return model_forward(x, warmup)
+
+    rng = np.random.default_rng(5)
+    lengths_modes = [(1000, "zeros"), (10, "zeros"), (990, "zeros"), (12, "zeros"), (1000, "adjust")]
+    requests = [([rng.normal(size=n).astype(np.float32)], mode) for n, mode in lengths_modes]
+
+    async def scenario():
+        batcher = MicroBatcher(
+            forward,
+            BatchLimits(max_padding_fraction=max_padding_fraction),
+            on_batch=lambda s: padding.append(1 - s.values / s.padded_values),
+        )
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit([np.ones(4, np.float32)], "zeros"))
+        await asyncio.sleep(0.05)  # the blocker is in the forward; the rest queue behind it
+        tasks = [asyncio.create_task(batcher.submit(series, mode)) for series, mode in requests]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        await blocker
+        await batcher.stop()
+        return results
+
+    results = run(scenario())
+    assert shapes == expected_shapes
+    if max_padding_fraction < 1.0:
+        assert max(padding) <= max_padding_fraction
+    for (series, mode), result in zip(requests, results, strict=True):
+        np.testing.assert_allclose(result[0], one_at_a_time(series[0], mode), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_batch_size": 0}, {"max_wait_s": -1.0}, {"max_queue_values": 0}, {"max_padding_fraction": 1.5}],
+)
 def test_limits_validation(kwargs):
     with pytest.raises(ValueError, match="must be"):
         BatchLimits(**kwargs)
