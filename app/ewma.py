@@ -106,6 +106,7 @@ class ConvEWMA(nn.Module):
         self.dropout = float(dropout)
         self._initial_alpha = initial
         self.logits = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
+        self._constants_cache: dict[tuple[object, ...], tuple[Tensor, Tensor | None, Tensor | None]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -148,16 +149,44 @@ class ConvEWMA(nn.Module):
             raise ValueError(
                 f"input must be (N, T), (N, 1, T) or (N, {self.channels}, T), got {tuple(x.shape)}"
             )
-        adjust = mode == "adjust"
-        # adjust keeps float64 taps: their partial sums rescale the first K - 1 outputs.
-        taps = self.kernel(torch.float64 if adjust else x.dtype, normalize=True if adjust else None)
-        y = self._convolve(x, taps.to(x.dtype), fold=self._fold_ratios(x.dtype))
-        if adjust:
-            y = self._adjust_start(y, taps)
+        taps, fold, start_scale = self._constants(mode, x.dtype, x.device)
+        y = self._convolve(x, taps, fold=fold)
+        if start_scale is not None:
+            y = self._adjust_start(y, start_scale)
         if self.training and self.dropout > 0.0:
             keep = torch.rand(self.channels, device=y.device) >= self.dropout
             y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)
         return y
+
+    def _constants(
+        self, mode: str, dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Taps, fold ratios and warm-up rescaling for one call.
+
+        Without autograd they depend only on the logits, so they are cached until the
+        logits change (``_version`` counts in-place updates such as optimizer steps or
+        ``load_state_dict``): rebuilding them costs more than smoothing a short series.
+        """
+        if torch.is_grad_enabled() and self.logits.requires_grad:
+            return self._build_constants(mode, dtype)
+        inference = torch.is_inference_mode_enabled()  # inference tensors stay in inference mode
+        key = (mode, dtype, device, inference, self.logits._version, self.logits.data_ptr())
+        cached = self._constants_cache.get(key)
+        if cached is None:
+            if len(self._constants_cache) >= 16:
+                self._constants_cache.clear()
+            with torch.no_grad():
+                cached = self._build_constants(mode, dtype)
+            self._constants_cache[key] = cached
+        return cached
+
+    def _build_constants(self, mode: str, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        if mode != "adjust":
+            return self.kernel(dtype), self._fold_ratios(dtype), None
+        # The rescaling uses float64 taps: their partial sums divide the first K - 1 outputs.
+        taps = self.kernel(torch.float64, normalize=True)
+        partial = taps.cumsum(dim=1)[:, : self.kernel_size - 1]  # the full sum is 1
+        return taps.to(dtype), self._fold_ratios(dtype), (1.0 / partial).to(dtype)
 
     def _fold_ratios(self, dtype: torch.dtype) -> Tensor | None:
         """``(1 - alpha)^(K/2)``: a geometric kernel's second half is its first half scaled."""
@@ -181,13 +210,12 @@ class ConvEWMA(nn.Module):
             out[:, c] = causal_fir(x[:, c], taps[c : c + 1], fold=ratio)[:, 0]
         return out
 
-    def _adjust_start(self, y: Tensor, normalized_taps: Tensor) -> Tensor:
+    def _adjust_start(self, y: Tensor, scale: Tensor) -> Tensor:
         """Rescale outputs t < K-1 from the full-kernel sum to the partial sum."""
-        head = min(self.kernel_size - 1, y.shape[-1])
+        head = min(scale.shape[-1], y.shape[-1])
         if head == 0:
             return y
-        partial = normalized_taps.cumsum(dim=1)[:, :head]  # full sum is 1
-        scale = (1.0 / partial).to(y.dtype).unsqueeze(0)
+        scale = scale[:, :head].unsqueeze(0)
         if y.requires_grad:
             return torch.cat([y[..., :head] * scale, y[..., head:]], dim=-1)
         y[..., :head] *= scale

@@ -3,8 +3,9 @@
 ``causal_fir(x, taps)`` returns ``y[n, c, t] = sum_k taps[c, k] * x[n, t - k]`` with
 ``x[n, m] = 0`` for ``m < 0``.  It is the inference fast path behind :class:`ConvEWMA`.
 
-Why not ``F.conv1d``: on CPU the literal ``(N, 1, T)`` layout runs at a few tens of
-millions of outputs per second, and the depth-wise ``(1, N, T)`` layout is fast only
+Why not ``F.conv1d`` throughout: it wins only for short inputs; beyond about 64k values
+the literal ``(N, 1, T)`` layout falls to about a hundred million outputs per second
+on CPU, and the depth-wise ``(1, N, T)`` layout is fast only
 for some channel counts and never for a filter bank (see ``benchmarks/README.md``).
 Instead the series are laid end to end as one long signal and cut into rows of
 ``block`` outputs; each row's window of ``block + K - 1`` inputs is a strided view of
@@ -23,7 +24,8 @@ DEFAULT_BLOCK = 16
 # Rows per GEMM call on CPU: about 2-4 MiB of float32 inputs, which keeps the 2-core
 # benchmark machine's L2/L3 warm. On CUDA a single GEMM is best.
 _CPU_ROWS_PER_CHUNK = 16384
-# Above this many (series x time x taps) elements the unfold path would allocate too much.
+# At or below this many (series x time x taps) elements, F.conv1d's small fixed cost wins
+# over the GEMM's set-up (Toeplitz banks, head fix-up): about 64k values at K = 32.
 _SMALL_PATH_ELEMENTS = 1 << 21
 
 
@@ -47,22 +49,13 @@ def toeplitz_bank(taps: torch.Tensor, block: int) -> torch.Tensor:
 def causal_fir_small(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """Same result as :func:`causal_fir`; exact K multiply-adds per output.
 
-    Materialises ``(N, T, K)`` windows, so it is meant for short inputs, the start of
-    each series in the fast path, and autograd (it is differentiable).
+    One ``F.conv1d`` (oneDNN on CPU) with the flipped taps. It has the least fixed
+    cost, so it is the fastest way for short inputs (about 64k values and below on
+    the benchmark machine) and beats the Toeplitz GEMM there; it is differentiable.
     """
-    series, length = x.shape
     kernel_size = taps.shape[1]
-    padded = torch.nn.functional.pad(x, (kernel_size - 1, 0))
-    windows = padded.unfold(-1, kernel_size, 1)  # (N, T, K), oldest sample first
-    weights = taps.flip(-1).t()  # (K, C)
-    if x.requires_grad or taps.requires_grad:
-        return torch.matmul(windows, weights).transpose(1, 2)
-    out = x.new_empty(series, taps.shape[0], length)
-    per_chunk = max(1, _SMALL_PATH_ELEMENTS // max(1, length * kernel_size))
-    for start in range(0, series, per_chunk):
-        stop = min(series, start + per_chunk)
-        out[start:stop] = torch.matmul(windows[start:stop], weights).transpose(1, 2)
-    return out
+    padded = torch.nn.functional.pad(x.unsqueeze(1), (kernel_size - 1, 0))
+    return torch.nn.functional.conv1d(padded, taps.flip(-1).unsqueeze(1))
 
 
 def _series_heads(x_head: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:

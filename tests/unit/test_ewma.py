@@ -251,3 +251,22 @@ def test_kernel_is_in_lag_order_and_normalised():
     expected = np.array([0.5, 0.25, 0.125, 0.0625])
     np.testing.assert_allclose(layer.kernel(normalize=False)[0].detach().numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(layer.kernel()[0].detach().numpy(), expected / expected.sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("warmup", ["zeros", "adjust"])
+def test_cached_constants_follow_in_place_updates_and_modes(warmup):
+    layer = ConvEWMA(2, 8, alpha=[0.2, 0.7], warmup=warmup)
+    x = torch.randn(3, 40)
+    with torch.inference_mode():
+        before = layer(x)
+    with torch.no_grad():
+        layer.logits.add_(0.5)  # what an optimizer step does
+        after = layer(x)
+    fresh = ConvEWMA(2, 8, alpha=layer.alphas.detach().tolist(), warmup=warmup)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, fresh(x).detach())
+    # Frozen logits, input that needs grad: cached constants must be ordinary tensors.
+    layer.logits.requires_grad_(False)
+    x.requires_grad_(True)
+    layer(x).sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None
