@@ -1,0 +1,67 @@
+"""Helpers for tests that run real server processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve_command(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "app",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+
+
+def start_replica(port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
+    """``convewma serve`` logging to a file (a pipe nobody reads would fill and block it)."""
+    with log.open("ab") as output:
+        return subprocess.Popen(
+            serve_command(port), stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+
+
+def wait_ready(
+    base: str, process: subprocess.Popen[Any], timeout_s: float = 60.0, path: str = "/readyz"
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output: IO[Any] | None = process.stdout
+            raise AssertionError(
+                f"server exited early ({process.returncode}): {output.read() if output else ''}"
+            )
+        try:
+            if httpx.get(f"{base}{path}", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"server at {base} did not become ready")
+
+
+def stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
