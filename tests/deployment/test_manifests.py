@@ -1,0 +1,162 @@
+"""Offline checks of the deployment files: Kubernetes manifests, compose file, Dockerfile.
+
+No cluster is reachable from CI, so the manifests are parsed and their required fields
+and cross-references checked here; the ConfigMap's settings go through the real
+``Settings`` class, so a typo or an invalid value fails here and not at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.settings import Settings
+
+pytestmark = pytest.mark.deployment
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "docker" / "k8s"
+
+
+def load(name: str) -> dict[str, Any]:
+    document = yaml.safe_load((K8S / name).read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(deployment["spec"]["template"]["spec"]["containers"])
+
+
+def settings_of(container: dict[str, Any]) -> Settings:
+    config = load("configmap.yaml")["data"]
+    env = {**config, **{e["name"]: e["value"] for e in container.get("env", [])}}
+    fields = {name.removeprefix("CONVEWMA_").lower(): value for name, value in env.items()}
+    return Settings(**fields)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "api"),
+    [
+        ("configmap.yaml", "ConfigMap", "v1"),
+        ("deployment.yaml", "Deployment", "apps/v1"),
+        ("deployment-gpu.yaml", "Deployment", "apps/v1"),
+        ("service.yaml", "Service", "v1"),
+        ("hpa.yaml", "HorizontalPodAutoscaler", "autoscaling/v2"),
+        ("pdb.yaml", "PodDisruptionBudget", "policy/v1"),
+    ],
+)
+def test_every_manifest_parses_with_kind_api_and_name(name, kind, api):
+    document = load(name)
+    assert document["kind"] == kind
+    assert document["apiVersion"] == api
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", document["metadata"]["name"])
+
+
+def test_kustomization_lists_the_cpu_stack():
+    kustomization = load("kustomization.yaml")
+    assert set(kustomization["resources"]) == {
+        "configmap.yaml",
+        "deployment.yaml",
+        "service.yaml",
+        "hpa.yaml",
+        "pdb.yaml",
+    }
+    for resource in kustomization["resources"]:
+        assert (K8S / resource).is_file()
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "deployment-gpu.yaml"])
+def test_deployment_probes_resources_and_graceful_termination(name):
+    deployment = load(name)
+    spec = deployment["spec"]
+    template = spec["template"]
+    labels = template["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    (container,) = containers(deployment)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind])
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    settings = settings_of(container)  # invalid settings raise here
+    # The pod must outlive preStop + drain + the longest request before SIGKILL.
+    needed = float(pre_stop[1]) + settings.drain_s + settings.request_timeout_s
+    assert template["spec"]["terminationGracePeriodSeconds"] >= needed
+    assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_gpu_variant_asks_for_a_gpu_and_cuda():
+    (container,) = containers(load("deployment-gpu.yaml"))
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert settings_of(container).device == "cuda"
+
+
+def test_service_hpa_and_pdb_point_at_the_deployment():
+    deployment = load("deployment.yaml")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = load("service.yaml")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    hpa = load("hpa.yaml")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= 2  # with the PDB, a voluntary eviction keeps one serving
+    pdb = load("pdb.yaml")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_configmap_holds_valid_settings_only():
+    data = load("configmap.yaml")["data"]
+    assert all(name.startswith("CONVEWMA_") and isinstance(value, str) for name, value in data.items())
+    settings = Settings(**{n.removeprefix("CONVEWMA_").lower(): v for n, v in data.items()})
+    assert settings.max_body_bytes == 64 * 1024 * 1024  # nginx's client_max_body_size 64m
+
+
+def test_nginx_limits_match_the_service_defaults():
+    conf = (ROOT / "docker" / "nginx" / "convewma.conf").read_text()
+    defaults = Settings()
+    body = int(re.search(r"client_max_body_size (\d+)m;", conf).group(1))  # type: ignore[union-attr]
+    assert body * 1024 * 1024 == defaults.max_body_bytes
+    read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", conf).group(1))  # type: ignore[union-attr]
+    assert defaults.request_timeout_s < read_timeout <= defaults.request_timeout_s + 10
+
+
+def test_hadolint_passes_on_the_dockerfile():
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run(
+        [str(hadolint) if hadolint.exists() else "hadolint", "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_replicas_match_the_nginx_upstreams():
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    services = compose["services"]
+    replicas = sorted(name for name in services if name.startswith("convewma-"))
+    assert len(replicas) >= 2
+    conf = (ROOT / "docker" / "nginx" / "convewma.conf").read_text()
+    assert sorted(re.findall(r"server (convewma-\d+):8000", conf)) == replicas
+    nginx = services["nginx"]
+    assert {name: dep["condition"] for name, dep in nginx["depends_on"].items()} == dict.fromkeys(
+        replicas, "service_healthy"
+    )
+    assert any(v.startswith("./nginx/convewma.conf:") for v in nginx["volumes"])
+    for name in replicas:
+        replica = services[name]
+        assert "/readyz" in " ".join(replica["healthcheck"]["test"])
+        env = replica["environment"]
+        needed = float(env["CONVEWMA_DRAIN_S"]) + float(env["CONVEWMA_REQUEST_TIMEOUT_S"])
+        assert float(replica["stop_grace_period"].removesuffix("s")) >= needed
