@@ -51,7 +51,7 @@ RUN groupadd --system --gid 10001 convewma \
     && useradd --system --uid 10001 --gid convewma --no-create-home --shell /usr/sbin/nologin convewma
 COPY --from=build /opt/venv /opt/venv
 # The shipped weights; mount another file and point CONVEWMA_WEIGHTS at it to override.
-COPY models/convewma.safetensors models/README.md /srv/convewma/models/
+COPY --chmod=0644 models/convewma.safetensors models/README.md /srv/convewma/models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
