@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,3 +67,32 @@ def stop(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.kill()
     process.wait(timeout=30)
+
+
+async def burst_around(
+    base: str, body: bytes, action: Callable[[], object], in_flight: int, senders: int
+) -> list[object]:
+    """``in_flight`` requests sent, then ``action()`` (a SIGTERM, a stop), while ``senders``
+    clients keep posting for 1 s. Returns every response or transport error."""
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def one() -> object:
+            try:
+                return await client.post("/smooth", content=body, headers=headers)
+            except httpx.TransportError as exc:  # a reset or a refused connection
+                return exc
+
+        async def keep_sending(until: float) -> list[object]:
+            outcomes = []
+            while time.monotonic() < until and len(outcomes) < 50:  # bounded in time and count
+                outcomes.append(await one())
+            return outcomes
+
+        before = [asyncio.create_task(one()) for _ in range(in_flight)]
+        await asyncio.sleep(0.05)
+        action()
+        until = time.monotonic() + 1.0
+        after = await asyncio.gather(*(keep_sending(until) for _ in range(senders)))
+        return [*await asyncio.gather(*before), *(o for outcomes in after for o in outcomes)]

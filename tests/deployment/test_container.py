@@ -26,7 +26,7 @@ import pytest
 from app.paths import DEFAULT_WEIGHTS
 from app.weights import load_weights
 from tests.reference import bank_reference, max_relative_error
-from tests.servers import free_port
+from tests.servers import burst_around, free_port
 
 pytestmark = pytest.mark.deployment
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,38 +122,6 @@ def test_image_metadata(podman_env, image):
     assert listing.strip() == ""
 
 
-async def burst_then_stop(
-    base: str, body: bytes, stop_command: list[str], env: dict[str, str]
-) -> list[object]:
-    """16 requests in flight, then ``stop_command`` while 4 clients keep sending for 1 s."""
-    headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(
-        base_url=base, timeout=60, limits=httpx.Limits(max_connections=32)
-    ) as client:
-
-        async def one() -> object:
-            try:
-                return await client.post("/smooth", content=body, headers=headers)
-            except httpx.TransportError as exc:
-                return exc
-
-        async def keep_sending(until: float) -> list[object]:
-            outcomes = []
-            while time.monotonic() < until and len(outcomes) < 50:
-                outcomes.append(await one())
-            return outcomes
-
-        before = [asyncio.create_task(one()) for _ in range(16)]
-        await asyncio.sleep(0.05)
-        stopper = subprocess.Popen(
-            stop_command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        after = await asyncio.gather(*(keep_sending(time.monotonic() + 1.0) for _ in range(4)))
-        results = [*await asyncio.gather(*before), *(o for group in after for o in group)]
-        await asyncio.get_running_loop().run_in_executor(None, stopper.wait, 60)
-        return results
-
-
 def test_container_serves_and_stops_cleanly_under_load(podman_env, container):
     name, base, ready_after = container
     print(f"cold start to ready: {ready_after:.1f} s")
@@ -169,7 +137,15 @@ def test_container_serves_and_stops_cleanly_under_load(podman_env, container):
 
     body = orjson.dumps({"series": series.tolist()})
     stop = ["podman", "stop", "-t", "45", name]  # SIGTERM (STOPSIGNAL), then 45 s grace
-    outcomes = asyncio.run(burst_then_stop(base, body, stop, podman_env))
+    stopping: list[subprocess.Popen[bytes]] = []
+
+    def stop_container() -> None:
+        stopping.append(
+            subprocess.Popen(stop, env=podman_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+
+    outcomes = asyncio.run(burst_around(base, body, stop_container, in_flight=16, senders=4))
+    assert stopping[0].wait(timeout=60) == 0
     failures = Counter(type(o).__name__ for o in outcomes if not isinstance(o, httpx.Response))
     assert not failures, f"transport errors: {dict(failures)}"
     statuses = Counter(o.status_code for o in outcomes if isinstance(o, httpx.Response))

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -18,7 +17,7 @@ import pytest
 from app.paths import DEFAULT_WEIGHTS
 from app.weights import load_weights
 from tests.reference import bank_reference, max_relative_error
-from tests.servers import free_port, serve_command, wait_ready
+from tests.servers import burst_around, free_port, serve_command, wait_ready
 
 ALPHAS = load_weights(DEFAULT_WEIGHTS).model.alphas.detach().double().numpy()
 
@@ -68,37 +67,14 @@ def test_bad_weights_stop_startup_with_the_reason(tmp_path):
     assert "Traceback" not in output
 
 
-async def burst_with_sigterm(base: str, process: subprocess.Popen[str], body: bytes) -> list[object]:
-    """32 requests in flight, SIGTERM, then 8 clients keep sending for 1 s while it drains."""
-    headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-
-        async def one() -> object:
-            try:
-                return await client.post("/smooth", content=body, headers=headers)
-            except httpx.TransportError as exc:  # a reset or a refused connection
-                return exc
-
-        async def keep_sending(until: float) -> list[object]:
-            outcomes = []
-            while time.monotonic() < until and len(outcomes) < 50:  # bounded in time and count
-                outcomes.append(await one())
-            return outcomes
-
-        before = [asyncio.create_task(one()) for _ in range(32)]
-        await asyncio.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        until = time.monotonic() + 1.0
-        after = await asyncio.gather(*(keep_sending(until) for _ in range(8)))
-        return [*await asyncio.gather(*before), *(o for outcomes in after for o in outcomes)]
-
-
 def test_sigterm_during_a_burst_answers_every_request_then_exits_cleanly(server):
     base, process = server
     series = np.random.default_rng(1).normal(size=(8, 2048))
     body = orjson.dumps({"series": series.tolist()})  # encoded once: the client stays light
-    outcomes = asyncio.run(burst_with_sigterm(base, process, body))
+    # 32 requests in flight, SIGTERM, then 8 clients keep sending for 1 s while it drains.
+    outcomes = asyncio.run(
+        burst_around(base, body, lambda: process.send_signal(signal.SIGTERM), in_flight=32, senders=8)
+    )
     output, _ = process.communicate(timeout=60)
 
     failures = Counter(type(o).__name__ for o in outcomes if not isinstance(o, httpx.Response))
