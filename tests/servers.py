@@ -45,22 +45,22 @@ def start_replica(port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
 
 
 def wait_ready(
-    base: str, process: subprocess.Popen[Any], timeout_s: float = 60.0, path: str = "/readyz"
+    base: str, process: subprocess.Popen[Any] | None = None, timeout_s: float = 60.0, path: str = "/readyz"
 ) -> None:
+    """Poll ``base + path`` until it answers 200; fail early if ``process`` exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if process is not None and process.poll() is not None:
             output: IO[Any] | None = process.stdout
-            raise AssertionError(
-                f"server exited early ({process.returncode}): {output.read() if output else ''}"
-            )
+            logged = output.read() if output else ""
+            raise AssertionError(f"server exited early ({process.returncode}): {logged}")
         try:
             if httpx.get(f"{base}{path}", timeout=1.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"server at {base} did not become ready")
+    raise AssertionError(f"{base}{path} did not answer 200 within {timeout_s} s")
 
 
 def stop(process: subprocess.Popen[Any]) -> None:

@@ -26,7 +26,7 @@ import pytest
 from app.paths import DEFAULT_WEIGHTS
 from app.weights import load_weights
 from tests.reference import bank_reference, max_relative_error
-from tests.servers import burst_around, free_port
+from tests.servers import burst_around, free_port, wait_ready
 
 pytestmark = pytest.mark.deployment
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,21 +80,11 @@ def container(podman_env: dict[str, str], image: str) -> Iterator[tuple[str, str
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        ready_after = wait_until_ok(f"{base}/readyz", started, timeout_s=120)
+        wait_ready(base, timeout_s=120)
+        ready_after = time.monotonic() - started
         yield name, base, ready_after
     finally:
         run(podman_env, "podman", "rm", "-f", "-t", "0", name, check=False)
-
-
-def wait_until_ok(url: str, started: float, timeout_s: float) -> float:
-    while time.monotonic() - started < timeout_s:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} not ready after {timeout_s} s")
 
 
 def test_image_metadata(podman_env, image):
@@ -184,7 +174,7 @@ def test_compose_runs_two_replicas_behind_nginx(podman_env, compose):
     while not all(healthy(podman_env, f"convewma_{r}_1") for r in replicas):
         assert time.monotonic() < deadline, "replicas did not become healthy"
         time.sleep(0.5)
-    wait_until_ok(f"{compose}/readyz", time.monotonic(), timeout_s=30)
+    wait_ready(compose, timeout_s=30)
     series = np.random.default_rng(4).normal(size=(2, 300))
     expected = bank_reference(series, ALPHAS, 32)
     for _ in range(20):
@@ -225,7 +215,7 @@ def test_sigterm_exit_status_is_zero_not_signal(podman_env, image):
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until_ok(f"http://127.0.0.1:{port}/readyz", time.monotonic(), timeout_s=120)
+        wait_ready(f"http://127.0.0.1:{port}", process, timeout_s=120)
         run(podman_env, "podman", "kill", "--signal", str(int(signal.SIGTERM)), name)
         assert process.wait(timeout=60) == 0
     finally:
