@@ -72,8 +72,9 @@ def stop(process: subprocess.Popen[Any]) -> None:
 async def burst_around(
     base: str, body: bytes, action: Callable[[], object], in_flight: int, senders: int
 ) -> list[object]:
-    """``in_flight`` requests sent, then ``action()`` (a SIGTERM, a stop), while ``senders``
-    clients keep posting for 1 s. Returns every response or transport error."""
+    """``in_flight`` requests sent; once the first is answered, ``action()`` (a SIGTERM, a
+    stop) while the others are in flight and ``senders`` clients keep posting for 1 s.
+    Returns every response or transport error."""
     headers = {"content-type": "application/json"}
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
@@ -91,7 +92,9 @@ async def burst_around(
             return outcomes
 
         before = [asyncio.create_task(one()) for _ in range(in_flight)]
-        await asyncio.sleep(0.05)
+        # Act once the server has answered one of them, so the rest are truly in its hands:
+        # a fixed sleep raced a slow CI machine, where no request had arrived yet.
+        await asyncio.wait(before, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         action()
         until = time.monotonic() + 1.0
         after = await asyncio.gather(*(keep_sending(until) for _ in range(senders)))

@@ -71,7 +71,7 @@ def test_sigterm_during_a_burst_answers_every_request_then_exits_cleanly(server)
     base, process = server
     series = np.random.default_rng(1).normal(size=(8, 2048))
     body = orjson.dumps({"series": series.tolist()})  # encoded once: the client stays light
-    # 32 requests in flight, SIGTERM, then 8 clients keep sending for 1 s while it drains.
+    # 32 requests sent; SIGTERM once one is answered; 8 clients keep sending for 1 s.
     outcomes = asyncio.run(
         burst_around(base, body, lambda: process.send_signal(signal.SIGTERM), in_flight=32, senders=8)
     )
