@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from typing import Literal, cast, get_args
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.fir import causal_fir
+from app.fir import causal_conv1d, causal_fir
 
 Warmup = Literal["zeros", "adjust"]
 WARMUP_MODES: tuple[str, ...] = get_args(Warmup)
@@ -198,10 +197,7 @@ class ConvEWMA(nn.Module):
     def _convolve(self, x: Tensor, taps: Tensor, fold: Tensor | None = None) -> Tensor:
         depthwise = x.shape[1] == self.channels and self.channels > 1
         if torch.is_grad_enabled() and (x.requires_grad or taps.requires_grad):
-            # Differentiable path: plain convolution, kernel flipped for cross-correlation.
-            padded = F.pad(x, (self.kernel_size - 1, 0))
-            weight = taps.flip(-1).unsqueeze(1)
-            return F.conv1d(padded, weight, groups=self.channels if depthwise else 1)
+            return causal_conv1d(x, taps, groups=self.channels if depthwise else 1)
         if not depthwise:
             return causal_fir(x[:, 0], taps, fold=fold)
         out = x.new_empty(x.shape)

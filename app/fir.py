@@ -46,16 +46,25 @@ def toeplitz_bank(taps: torch.Tensor, block: int) -> torch.Tensor:
     return bank.permute(1, 0, 2).reshape(window, channels * block).contiguous()
 
 
+def causal_conv1d(x: torch.Tensor, taps: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Causal ``F.conv1d`` of ``x`` ``(N, C_in, T)`` with ``taps`` ``(C, K)`` in lag order.
+
+    The taps are flipped because ``conv1d`` is a cross-correlation; left padding by K-1
+    keeps the output causal and as long as the input. Differentiable.
+    """
+    kernel_size = taps.shape[1]
+    padded = torch.nn.functional.pad(x, (kernel_size - 1, 0))
+    return torch.nn.functional.conv1d(padded, taps.flip(-1).unsqueeze(1), groups=groups)
+
+
 def causal_fir_small(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """Same result as :func:`causal_fir`; exact K multiply-adds per output.
 
-    One ``F.conv1d`` (oneDNN on CPU) with the flipped taps. It has the least fixed
-    cost, so it is the fastest way for short inputs (about 64k values and below on
-    the benchmark machine) and beats the Toeplitz GEMM there; it is differentiable.
+    One ``F.conv1d`` (oneDNN on CPU). It has the least fixed cost, so it is the fastest
+    way for short inputs (about 64k values and below on the benchmark machine) and
+    beats the Toeplitz GEMM there.
     """
-    kernel_size = taps.shape[1]
-    padded = torch.nn.functional.pad(x.unsqueeze(1), (kernel_size - 1, 0))
-    return torch.nn.functional.conv1d(padded, taps.flip(-1).unsqueeze(1))
+    return causal_conv1d(x.unsqueeze(1), taps)
 
 
 def _series_heads(x_head: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
