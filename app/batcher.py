@@ -245,18 +245,15 @@ class MicroBatcher:
     async def _execute(self, batch: list[_Piece]) -> None:
         rows = [s for piece in batch for s in piece.series]
         lengths = [len(s) for s in rows]
-        padded = np.zeros((len(rows), max(lengths)), dtype=np.float32)
-        for index, values in enumerate(rows):
-            padded[index, : len(values)] = values
         started = time.perf_counter()
         wait = started - batch[0].enqueued_at
         self.in_flight += 1
         failed = False
         try:
             loop = asyncio.get_running_loop()
-            output = await loop.run_in_executor(self._executor, self._run_forward, padded, batch[0].warmup)
-            if output.shape[0] != len(rows):
-                raise BatchFailedError(f"forward returned {output.shape[0]} rows for {len(rows)} series")
+            outputs = await loop.run_in_executor(
+                self._executor, self._run_forward, rows, batch[0].warmup, len(batch) == 1
+            )
         except Exception as exc:
             failed = True
             error = exc if isinstance(exc, BatchFailedError) else BatchFailedError(f"batch failed: {exc!r}")
@@ -268,7 +265,7 @@ class MicroBatcher:
             offset = 0
             for piece in batch:
                 count = len(piece.series)
-                part = [output[offset + i, :, : lengths[offset + i]] for i in range(count)]
+                part = outputs[offset : offset + count]
                 offset += count
                 if not piece.future.done():
                     piece.future.set_result(part)
@@ -280,14 +277,33 @@ class MicroBatcher:
                     BatchStats(
                         series=len(rows),
                         values=sum(lengths),
-                        padded_values=padded.size,
+                        padded_values=len(rows) * max(lengths),
                         queue_wait_s=wait,
                         forward_s=time.perf_counter() - started,
                         failed=failed,
                     )
                 )
 
-    def _run_forward(self, padded: np.ndarray, warmup: str) -> np.ndarray:
+    def _run_forward(self, rows: list[np.ndarray], warmup: str, one_piece: bool) -> list[np.ndarray]:
+        """Pad, run the forward and cut the result into one ``(C, len)`` array per row.
+
+        Runs in the forward thread so that the event loop never copies batch-sized
+        arrays. The rows are copied out of the batch output unless it has no padding: a
+        view would keep the whole padded batch alive for as long as any of its requests
+        is still sending, beyond what the memory budget counts for that request; for
+        the same reason a batch shared by several pieces is always copied out.
+        """
+        lengths = [len(s) for s in rows]
+        longest = max(lengths)
+        padded = np.zeros((len(rows), longest), dtype=np.float32)
+        for index, values in enumerate(rows):
+            padded[index, : len(values)] = values
         with torch.inference_mode():
             result = self._forward(torch.from_numpy(padded), warmup)
-            return result.to("cpu", torch.float32).numpy()
+            output = result.to("cpu", torch.float32).numpy()
+        del padded
+        if output.shape[0] != len(rows):
+            raise BatchFailedError(f"forward returned {output.shape[0]} rows for {len(rows)} series")
+        if one_piece and all(length == longest for length in lengths):
+            return list(output)
+        return [np.ascontiguousarray(output[i, :, :length]) for i, length in enumerate(lengths)]

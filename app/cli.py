@@ -122,11 +122,15 @@ def _smooth(args: argparse.Namespace, console: Console) -> None:
 
 
 def _serve(args: argparse.Namespace, console: Console) -> None:
+    import logging
+    import math
+
     import uvicorn
     from pydantic import ValidationError
 
     from app.drain import DrainingServer, DrainState
     from app.main import create_app
+    from app.protocol import http_protocol, raise_open_files_limit
     from app.settings import Settings
 
     overrides = {
@@ -158,7 +162,21 @@ def _serve(args: argparse.Namespace, console: Console) -> None:
         log_level=settings.log_level,
         log_config=log_config,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        # Idle, header and connection limits (app/protocol.py); httptools, as "auto" picks.
+        http=http_protocol(settings),
+        # The protocol uses idle_timeout_s as is; uvicorn's option is whole seconds.
+        timeout_keep_alive=max(1, math.ceil(settings.idle_timeout_s)),
     )
+    # Each connection is a file descriptor; refused ones, briefly, too.
+    open_files = raise_open_files_limit()
+    log = logging.getLogger("convewma")
+    log.info("open files limit %s, max_connections %d", open_files, settings.max_connections)
+    if open_files is not None and open_files < 2 * settings.max_connections + 64:
+        log.warning(
+            "open files limit %d is low for max_connections %d: raise `ulimit -n` or lower it",
+            open_files,
+            settings.max_connections,
+        )
     DrainingServer(config, drain, settings.drain_s).run()
 
 

@@ -11,8 +11,10 @@ from fastapi import FastAPI, Request, Response
 from app import __version__
 from app.batcher import BatcherClosedError, BatchFailedError, QueueFullError
 from app.drain import DrainMiddleware, DrainState
+from app.intake import ClientDisconnectedError, ServerBusyError
 from app.metrics import RequestMetricsMiddleware, ServiceMetrics
-from app.routes import json_response, router
+from app.responses import json_response
+from app.routes import router
 from app.schemas import RequestError
 from app.service import SmoothingService
 from app.settings import Settings
@@ -26,7 +28,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def request_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)
-        return json_response({"detail": exc.detail}, status=exc.status)
+        response = json_response({"detail": exc.detail}, status=exc.status)
+        if exc.status in (408, 413):  # part of the body may be unread: do not reuse the connection
+            response.headers["Connection"] = "close"
+        return response
 
     async def unavailable(request: Request, exc: Exception) -> Response:
         response = json_response({"detail": f"server busy: {exc}"}, status=503)
@@ -38,6 +43,11 @@ def install_error_handlers(app: FastAPI) -> None:
             {"detail": "the request did not complete within the server's timeout"}, status=504
         )
 
+    async def disconnected(request: Request, exc: Exception) -> Response:
+        # Nobody is left to read this response; its status 499 is what the metrics record.
+        logger.info("%s %s: %s", request.method, request.url.path, exc)
+        return Response(status_code=499)
+
     async def batch_failed(request: Request, exc: Exception) -> Response:
         logger.error("batch failed", exc_info=exc.__cause__ or exc)
         return json_response({"detail": "internal error while smoothing this batch"}, status=500)
@@ -45,6 +55,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(QueueFullError, unavailable)
     app.add_exception_handler(BatcherClosedError, unavailable)
+    app.add_exception_handler(ServerBusyError, unavailable)
+    app.add_exception_handler(ClientDisconnectedError, disconnected)
     app.add_exception_handler(TimeoutError, timed_out)
     app.add_exception_handler(BatchFailedError, batch_failed)
 

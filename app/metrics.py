@@ -59,6 +59,10 @@ class ServiceMetrics:
         self.queue_values = Gauge("convewma_queue_values", "values waiting for a batch", registry=r)
         self.queue_depth = Gauge("convewma_queue_depth", "request pieces waiting for a batch", registry=r)
         self.in_flight = Gauge("convewma_batches_in_flight", "batches being computed", registry=r)
+        self.inflight_bytes = Gauge(
+            "convewma_inflight_bytes", "memory reserved by requests in flight", registry=r
+        )
+        self.in_progress = Gauge("convewma_requests_in_progress", "/smooth requests admitted", registry=r)
         self.model = Info("convewma_model", "the loaded model", registry=r)
 
     def observe_batch(self, stats: BatchStats) -> None:

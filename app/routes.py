@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import numpy as np
-import orjson
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.batcher import BatcherClosedError
+from app.intake import BodyLimits, Deadline, ServerBusyError, discard_body, read_body, until_disconnected
+from app.responses import json_response, smooth_response
 from app.schemas import (
     AlphasResponse,
     ErrorResponse,
     RequestError,
-    RequestLimits,
     SmoothRequest,
     SmoothResponse,
-    parse_smooth_request,
+    excerpt,
 )
 from app.service import SmoothingService
 
 router = APIRouter()
 JSON = "application/json"
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)
 }
-
-
-def json_response(payload: object, status: int = 200) -> Response:
-    return Response(
-        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type=JSON
-    )
 
 
 def service_of(request: Request) -> SmoothingService:
@@ -39,19 +30,13 @@ def service_of(request: Request) -> SmoothingService:
     return service
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+def declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise RequestError(400, "content-length must be a non-negative integer")
+    return int(declared)
 
 
 @router.post(
@@ -64,34 +49,33 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def smooth(request: Request) -> Response:
     service = service_of(request)
     settings = service.settings
+    deadline = Deadline(settings.request_timeout_s)
+    limits = BodyLimits(settings.max_body_bytes, settings.body_timeout_s)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != JSON:
-        raise RequestError(415, f"content-type must be {JSON}, got {media_type or 'none'}")
-    body = await read_body(request, settings.max_body_bytes)
-    # Checked after the body is read: closing a socket with unread input resets it, and
-    # the client would see a reset instead of this 503.
-    if request.app.state.drain.active:
-        raise BatcherClosedError("the server is shutting down; retry on another replica")
-    job = parse_smooth_request(
-        body, RequestLimits(settings.max_series, settings.max_length), service.channels
-    )
-    warmup = job.warmup or service.model.warmup
-    outputs = await asyncio.wait_for(service.batcher.submit(job.series, warmup), settings.request_timeout_s)
-    chosen = np.asarray(job.channels)
-    smoothed = [output[chosen] for output in outputs]
-    for index, values in enumerate(smoothed):
-        if not np.isfinite(values).all():
-            raise RequestError(
-                422, f"series[{index}]: the smoothed values overflow float32; scale the input down"
+        raise RequestError(415, f"content-type must be {JSON}, got {excerpt(media_type) or 'none'}")
+    try:
+        ticket = service.admit()
+    except ServerBusyError:
+        await discard_body(request.receive, limits, deadline)  # a refusal, not a reset
+        raise
+    try:
+        try:
+            body = await read_body(
+                request.receive, declared_length(request), limits, ticket.reservation, deadline
             )
-    return json_response(
-        {
-            "smoothed": smoothed,
-            "channels": [service.channels[c] for c in job.channels],
-            "alphas": [service.alphas[c] for c in job.channels],
-            "model_version": service.model_version,
-        }
-    )
+        except ServerBusyError:
+            await discard_body(request.receive, limits, deadline)
+            raise
+        # Checked after the body is read: closing a socket with unread input resets it, and
+        # the client would see a reset instead of this 503.
+        if request.app.state.drain.active:
+            raise BatcherClosedError("the server is shutting down; retry on another replica")
+        result = await until_disconnected(request.receive, service.smooth(body, ticket.reservation, deadline))
+        return smooth_response(result, service, ticket, deadline)
+    except BaseException:
+        ticket.close()
+        raise
 
 
 @router.get("/alphas", response_model=AlphasResponse, summary="Smoothing factors in use")
@@ -132,4 +116,6 @@ async def metrics(request: Request) -> Response:
         registry.queue_values.set(service.batcher.queued_values)
         registry.queue_depth.set(service.batcher.queued_pieces)
         registry.in_flight.set(service.batcher.in_flight)
+        registry.inflight_bytes.set(service.budget.used)
+        registry.in_progress.set(service.in_progress)
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

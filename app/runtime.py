@@ -30,3 +30,21 @@ def tune_allocator() -> bool:
         return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
     except (OSError, AttributeError):
         return False
+
+
+def release_free_memory() -> bool:
+    """Give freed heap pages back to the kernel (glibc ``malloc_trim``).
+
+    With :func:`tune_allocator` freed memory stays in the heap so that the next batch
+    reuses mapped pages; without a trim, the process would keep its peak size forever
+    after a burst. The service calls this once it is idle again.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

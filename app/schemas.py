@@ -21,6 +21,15 @@ from app.ewma import WARMUP_MODES
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+EXCERPT_CHARS = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages never echo much input."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class RequestError(Exception):
     """A client error: HTTP status plus a JSON-serialisable detail."""
 

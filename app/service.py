@@ -2,15 +2,56 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from app.batcher import BatchLimits, MicroBatcher
+from app.budget import MemoryBudget, Reservation, parse_bytes, result_bytes
+from app.intake import Deadline, ServerBusyError
+from app.jsoncodec import count_values_upper_bound, parse_smooth_body
 from app.metrics import ServiceMetrics
-from app.runtime import tune_allocator
+from app.runtime import release_free_memory, tune_allocator
+from app.schemas import RequestError, RequestLimits
 from app.settings import Settings
 from app.weights import LoadedModel, load_weights
+
+T = TypeVar("T")
+# Bodies and results up to this size are parsed and encoded on the event loop: a thread
+# hop costs more than the work, and the loop stalls at most about a millisecond.
+INLINE_BYTES = 128 * 1024
+INLINE_VALUES = 16 * 1024
+TRIM_DELAY_S = 0.5  # a heap trim runs this long after the last request ends, if none began
+
+
+@dataclass(frozen=True)
+class SmoothResult:
+    smoothed: list[np.ndarray]  # (len(channels), T_i) float32 per series
+    channels: list[str]
+    alphas: list[float]
+    model_version: str
+    values: int  # output values, for choosing how to encode
+
+
+class Ticket:
+    """A request admitted to the service: its place among ``max_concurrency`` and its
+    memory reservation. ``close`` (exactly once, after the last byte) gives both back."""
+
+    def __init__(self, service: SmoothingService) -> None:
+        self.service = service
+        self.reservation = Reservation(service.budget)
+
+    def close(self) -> None:
+        self.reservation.close()
+        self.service._ticket_closed()
+
 
 logger = logging.getLogger("convewma")
 
@@ -33,6 +74,13 @@ class SmoothingService:
         self.ready = False
         if settings.tune_allocator:
             tune_allocator()
+        self.budget = MemoryBudget(settings.max_inflight_bytes)
+        self.in_progress = 0
+        self._trim: asyncio.TimerHandle | None = None
+        self.codec_closed = False
+        # Parsing and encoding run here, off the event loop; each call they make holds
+        # the GIL only briefly (app/jsoncodec.py), so probes keep answering.
+        self.codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convewma-codec")
         self.device = resolve_device(settings.device)
         self.loaded: LoadedModel = load_weights(settings.weights, device=self.device)
         self.model = self.loaded.model
@@ -84,3 +132,95 @@ class SmoothingService:
     async def stop(self) -> None:
         self.ready = False
         await self.batcher.stop()
+        if self._trim is not None:
+            self._trim.cancel()
+        self.codec_closed = True
+        self.codec.shutdown(wait=True)
+
+    def admit(self) -> Ticket:
+        """A ticket for one ``/smooth`` request, or ``ServerBusyError`` (a fast 503)."""
+        if self.in_progress >= self.settings.max_concurrency:
+            raise ServerBusyError(f"{self.in_progress} requests are in progress")
+        self.in_progress += 1
+        return Ticket(self)
+
+    def _ticket_closed(self) -> None:
+        self.in_progress -= 1
+        if self.in_progress == 0 and self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        # After a burst the heap holds its peak; give it back once nothing is in flight.
+        self._trim = None
+        if self.in_progress == 0 and not self.codec_closed:
+            self.codec.submit(release_free_memory)
+
+    async def run_codec(self, fn: Callable[..., T], *args: object) -> T:
+        future = asyncio.get_running_loop().run_in_executor(self.codec, fn, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: the request's memory stays counted (its ticket
+            # open) until the call it started has returned; a parse ends within a second.
+            with contextlib.suppress(BaseException):
+                await future
+            raise
+
+    async def smooth(self, body: bytes, reservation: Reservation, deadline: Deadline) -> SmoothResult:
+        """Parse, admit, batch, select and check one request; the caller encodes the result."""
+        channels = len(self.channels)
+        inline = len(body) <= INLINE_BYTES
+        if inline:
+            values_bound = count_values_upper_bound(body)
+        else:  # about 0.4 ms per MiB: off the loop too
+            values_bound = await asyncio.wait_for(
+                self.run_codec(count_values_upper_bound, body), deadline.check()
+            )
+        needed = parse_bytes(len(body), values_bound, channels)
+        if not reservation.fits_alone(needed):
+            raise RequestError(
+                413,
+                f"this request needs about {needed} bytes of server memory; the limit is "
+                f"{reservation.budget.capacity}: send it in smaller requests",
+            )
+        if not reservation.resize(needed):
+            raise ServerBusyError("the memory budget for requests in flight is full")
+        limits = RequestLimits(self.settings.max_series, self.settings.max_length)
+        if inline:
+            job = parse_smooth_body(body, limits, self.channels)
+        else:
+            job = await asyncio.wait_for(
+                self.run_codec(parse_smooth_body, body, limits, self.channels), deadline.check()
+            )
+        del body
+        values = sum(len(s) for s in job.series)
+        reservation.resize(min(reservation.held, result_bytes(values, channels, len(job.channels))))
+        warmup = job.warmup or self.model.warmup
+        chosen = job.channels
+        outputs = await asyncio.wait_for(self.batcher.submit(job.series, warmup), deadline.check())
+        del job
+        selection = None if chosen == list(range(channels)) else np.asarray(chosen)
+        if values * len(chosen) <= INLINE_VALUES:
+            smoothed = select_and_check(outputs, selection)
+        else:
+            smoothed = await asyncio.wait_for(
+                self.run_codec(select_and_check, outputs, selection), deadline.check()
+            )
+        return SmoothResult(
+            smoothed=smoothed,
+            channels=[self.channels[c] for c in chosen],
+            alphas=[self.alphas[c] for c in chosen],
+            model_version=self.model_version,
+            values=values * len(chosen),
+        )
+
+
+def select_and_check(outputs: list[np.ndarray], selection: np.ndarray | None) -> list[np.ndarray]:
+    """The chosen channels of every series (a copy only when not all, in order)."""
+    smoothed = outputs if selection is None else [output[selection] for output in outputs]
+    for index, values in enumerate(smoothed):
+        if not np.isfinite(values).all():
+            raise RequestError(
+                422, f"series[{index}]: the smoothed values overflow float32; scale the input down"
+            )
+    return smoothed

@@ -30,7 +30,26 @@ class Settings(BaseSettings):
     max_series: int = Field(1024, ge=1, description="series per request")
     max_length: int = Field(100_000, ge=1, description="values per series")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
-    request_timeout_s: float = Field(30.0, gt=0.0, le=3600.0)
+    request_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="one deadline from a request's first byte to its last"
+    )
+    max_inflight_bytes: int = Field(
+        1_000_000_000,
+        ge=1_000_000,
+        description="memory budget for requests in flight (bodies, parsed arrays, outputs); 503 when full",
+    )
+    max_concurrency: int = Field(256, ge=1, description="requests in progress before a fast 503")
+    max_connections: int = Field(1000, ge=1, description="open connections before a new one gets 503")
+    max_header_bytes: int = Field(65_536, ge=1024, description="request line and headers (431 above)")
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="from a request's first byte to the end of its headers (408)"
+    )
+    body_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="longest pause while a request body streams in (408)"
+    )
+    idle_timeout_s: float = Field(
+        10.0, gt=0.0, le=600.0, description="a connection with no request in progress is closed after this"
+    )
     drain_s: float = Field(
         5.0, ge=0.0, le=300.0, description="on SIGTERM, answer 503 for up to this long before closing"
     )

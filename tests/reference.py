@@ -5,12 +5,55 @@ Deliberately naive (explicit sums over lags) and sharing no code with ``app``.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+from safetensors import safe_open
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_WEIGHTS = REPO_ROOT / "models" / "convewma.safetensors"
+MODEL_CARD = REPO_ROOT / "models" / "README.md"
 
 
 def alphas_from_logits(logits: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     return (1.0 - 2.0 * eps) / (1.0 + np.exp(-logits)) + eps
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """What a ConvEWMA safetensors file holds, read with ``safetensors`` alone (no ``app``)."""
+
+    logits: np.ndarray  # (C,) as stored, widened to float64
+    logits_dtype: str  # as stored: "float32"
+    channels: tuple[str, ...]
+    kernel_size: int
+    normalize: bool
+    warmup: str
+    eps: float
+    metadata: dict[str, str]
+
+    @property
+    def alphas(self) -> np.ndarray:
+        return alphas_from_logits(self.logits, self.eps)
+
+
+def read_weights_file(path: str | Path) -> WeightsFile:
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = dict(handle.metadata())
+        logits = handle.get_tensor("logits")
+    return WeightsFile(
+        logits=np.asarray(logits, dtype=np.float64),
+        logits_dtype=str(logits.dtype),
+        channels=tuple(json.loads(metadata["channels"])),
+        kernel_size=int(metadata["kernel_size"]),
+        normalize=json.loads(metadata["normalize"]),
+        warmup=metadata["warmup"],
+        eps=float(metadata["eps"]),
+        metadata=metadata,
+    )
 
 
 def ewma_reference(

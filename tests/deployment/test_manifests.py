@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from app.budget import peak_bytes
 from app.settings import Settings
+from app.weights import load_weights
 
 pytestmark = pytest.mark.deployment
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,6 +123,19 @@ def test_configmap_holds_valid_settings_only():
     assert all(name.startswith("CONVEWMA_") and isinstance(value, str) for name, value in data.items())
     settings = Settings(**{n.removeprefix("CONVEWMA_").lower(): v for n, v in data.items()})
     assert settings.max_body_bytes == 64 * 1024 * 1024  # nginx's client_max_body_size 64m
+
+
+@pytest.mark.parametrize("name", ["deployment.yaml", "deployment-gpu.yaml"])
+def test_memory_sizing_fits_the_limit_with_headroom(name):
+    # The same rule the README gives: idle process + one batch + the in-flight budget stays
+    # under 80% of the container's limit (tests/integration/test_overload.py measures it).
+    container = load(name)["spec"]["template"]["spec"]["containers"][0]
+    limit = container["resources"]["limits"]["memory"]
+    limit_bytes = int(limit[:-2]) * {"Gi": 1 << 30, "Mi": 1 << 20}[limit[-2:]]
+    settings = settings_of(container)
+    channels = len(load_weights(settings.weights).card.channels)
+    peak = peak_bytes(settings.max_inflight_bytes, settings.max_batch_values, channels)
+    assert peak <= 0.8 * limit_bytes, f"{name}: {peak / 2**30:.2f} GiB of {limit}"
 
 
 def test_nginx_limits_match_the_service_defaults():

@@ -4,6 +4,7 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -11,6 +12,11 @@ from safetensors.torch import save_file
 from app.ewma import ConvEWMA
 from app.paths import DEFAULT_WEIGHTS
 from app.weights import ModelCard, WeightsError, load_weights, save_weights
+from tests.reference import SHIPPED_WEIGHTS, read_weights_file
+
+# float32 alphas against the float64 reference formula on the same logits: measured at
+# most 6.7e-8 relative on the shipped model (under one float32 ulp); two ulps allowed.
+ALPHA_RTOL = 2 * 2.0**-23
 
 CARD = ModelCard(
     channels=("fast", "slow"),
@@ -50,11 +56,36 @@ def test_saving_is_byte_for_byte_reproducible(tmp_path, model):
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
 
-def test_shipped_default_model_loads():
+def test_written_file_holds_the_logits_and_card(tmp_path, model):
+    """Read back with safetensors alone: the stored logits give the model's alphas."""
+    path = tmp_path / "m.safetensors"
+    save_weights(model, CARD, path)
+    stored = read_weights_file(path)
+    assert stored.logits_dtype == "float32"
+    np.testing.assert_array_equal(stored.logits, model.logits.detach().float().double().numpy())
+    assert (stored.channels, stored.kernel_size, stored.normalize, stored.warmup, stored.eps) == (
+        CARD.channels,
+        CARD.kernel_size,
+        CARD.normalize,
+        CARD.warmup,
+        CARD.eps,
+    )
+    np.testing.assert_allclose(stored.alphas, [0.7, 0.1], rtol=ALPHA_RTOL)
+
+
+def test_shipped_default_model_loads_with_the_files_alphas():
+    assert Path(DEFAULT_WEIGHTS).resolve() == SHIPPED_WEIGHTS
     loaded = load_weights(DEFAULT_WEIGHTS)
-    assert loaded.card.channels == ("infl", "realint", "tbilrate", "unemp")
-    assert loaded.card.kernel_size == 32
-    assert torch.all((loaded.model.alphas > 0) & (loaded.model.alphas < 1))
+    stored = read_weights_file(SHIPPED_WEIGHTS)
+    assert loaded.card.channels == stored.channels == ("infl", "realint", "tbilrate", "unemp")
+    assert (loaded.model.kernel_size, loaded.model.normalize, loaded.model.warmup, loaded.model.eps) == (
+        stored.kernel_size,
+        stored.normalize,
+        stored.warmup,
+        stored.eps,
+    )
+    alphas = loaded.model.alphas.detach().double().numpy()
+    np.testing.assert_allclose(alphas, stored.alphas, rtol=ALPHA_RTOL, atol=0)
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:

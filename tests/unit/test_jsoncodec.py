@@ -1,0 +1,452 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import app.jsoncodec as jsoncodec
+from app.ewma import WARMUP_MODES
+from app.jsoncodec import count_values_upper_bound, encode_smooth_response, parse_smooth_body
+from app.jsonscan import find_spans
+from app.schemas import RequestError, RequestLimits, SmoothJob, parse_smooth_request
+
+NAMES = ("fast", "mid", 'a"[b]', "é{x},\\")
+LIMITS = RequestLimits(max_series=8, max_length=64)
+WIDE = RequestLimits(max_series=1000, max_length=100_000)
+F32_MAX = float(np.finfo(np.float32).max)
+WHITESPACE = ["", " ", "\n", "\t ", "\r\n  "]
+EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+Outcome = tuple[Any, ...]
+
+
+def outcome(parse: Any, body: bytes, limits: RequestLimits = LIMITS) -> Outcome:
+    """A job as comparable values (float32 bit patterns keep -0.0 apart), or (status, detail)."""
+    try:
+        job: SmoothJob = parse(body, limits, NAMES)
+    except RequestError as error:
+        return error.status, error.detail
+    assert all(s.dtype == np.float32 and s.ndim == 1 for s in job.series)
+    return [s.view(np.uint32).tolist() for s in job.series], job.channels, job.warmup
+
+
+@contextmanager
+def scanning() -> Iterator[None]:
+    """Small bodies go to one orjson call; this makes them take the scanning path too."""
+    saved, jsoncodec.SMALL_BODY_BYTES = jsoncodec.SMALL_BODY_BYTES, -1
+    try:
+        yield
+    finally:
+        jsoncodec.SMALL_BODY_BYTES = saved
+
+
+def new(body: bytes, limits: RequestLimits = LIMITS) -> Outcome:
+    """The new parser's answer, the same on both of its paths (messages may quote an
+    array differently: the scanning path quotes its text)."""
+    direct = outcome(parse_smooth_body, body, limits)
+    with scanning():
+        scanned = outcome(parse_smooth_body, body, limits)
+    assert direct[0] == scanned[0]
+    assert isinstance(direct[0], int) or direct == scanned
+    return scanned
+
+
+def old(body: bytes, limits: RequestLimits = LIMITS) -> Outcome | None:
+    """The previous parser's answer; None where it crashed (numbers past float64)."""
+    try:
+        return outcome(parse_smooth_request, body, limits)
+    except OverflowError:
+        return None
+
+
+def reference(body: bytes) -> Outcome:
+    """float64 from the stdlib parser, then float32: what a valid body must give."""
+    document = json.loads(body)
+    series = [np.asarray([float(x) for x in s], np.float64).astype(np.float32) for s in document["series"]]
+    requested = document.get("channels")
+    channels = (
+        list(range(len(NAMES)))
+        if requested is None
+        else [NAMES.index(c) if isinstance(c, str) else c for c in requested]
+    )
+    return [s.view(np.uint32).tolist() for s in series], channels, document.get("warmup")
+
+
+def errors(body: bytes, limits: RequestLimits = LIMITS) -> list[RequestError]:
+    """The errors of both paths of the new parser, which must agree on the status."""
+    raised = []
+    for path in (nullcontext, scanning):
+        with path(), pytest.raises(RequestError) as info:
+            parse_smooth_body(body, limits, NAMES)
+        raised.append(info.value)
+    assert raised[0].status == raised[1].status, [e.detail for e in raised]
+    return raised
+
+
+def error(body: bytes, limits: RequestLimits = LIMITS) -> RequestError:
+    return errors(body, limits)[-1]
+
+
+def short_id(value: object) -> str | None:
+    return repr(value[:40]) if isinstance(value, bytes) else None
+
+
+# --- valid bodies -------------------------------------------------------------------------
+
+numbers = st.one_of(
+    st.floats(min_value=-F32_MAX, max_value=F32_MAX, allow_nan=False),
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, -0.0, 5e-324, 1e-45, 1.5e-45, F32_MAX, -F32_MAX, 2**64, -(2**63) - 1]),
+)
+FLOAT_STYLES = [repr, "{:.17e}".format, "{:.9g}".format, lambda x: repr(x).upper(), "{:.12E}".format]
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> bytes:
+    fields: dict[str, Any] = {
+        "series": draw(st.lists(st.lists(numbers, min_size=1, max_size=30), min_size=1, max_size=6))
+    }
+    if draw(st.booleans()):
+        picked = draw(st.lists(st.sampled_from(range(len(NAMES))), min_size=1, unique=True))
+        fields["channels"] = [NAMES[i] if draw(st.booleans()) else i for i in picked]
+    if draw(st.booleans()):
+        fields["warmup"] = draw(st.sampled_from([None, *WARMUP_MODES]))
+
+    def ws() -> str:
+        return draw(st.sampled_from(WHITESPACE))
+
+    def text(value: Any) -> str:
+        if isinstance(value, list):
+            return "[" + ",".join(ws() + text(item) + ws() for item in value) + "]"
+        if isinstance(value, str):
+            if draw(st.booleans()):
+                return '"' + "".join(f"\\u{ord(c):04x}" for c in value) + '"'
+            return json.dumps(value, ensure_ascii=draw(st.booleans()))
+        if isinstance(value, float):
+            return draw(st.sampled_from(FLOAT_STYLES))(value)
+        return json.dumps(value)
+
+    keys = draw(st.permutations(list(fields)))
+    members = [ws() + json.dumps(key) + ws() + ":" + ws() + text(fields[key]) + ws() for key in keys]
+    return ("{" + ",".join(members) + "}").encode()
+
+
+@EXAMPLES
+@given(bodies())
+def test_generated_bodies_match_the_reference_and_the_old_parser(body: bytes) -> None:
+    got = new(body, WIDE)
+    assert got == reference(body)
+    before = old(body, WIDE)
+    if before is not None and not isinstance(before[0], int):  # the old one refused float32 max
+        assert got == before
+
+
+HAND_WRITTEN = [
+    b'{"series": [[1, 2.5, -3], [4e10]]}',
+    b' \n{ "warmup" : null ,\t"series" :\r\n[ [ 1 ,2 ] , [3]\n] , "channels" : [ 1 , 0 ] } \n',
+    b'{"channels": ["a\\"[b]", "\\u00e9{x},\\\\"], "series": [[-0.0, -0, 0e0, 1E+2, 2.5e-3]]}',
+    b'{"series": [[1]], "channels": ["\\u0066ast", "\\u006did"], "warmup": "adjust"}',
+    b'{"se\\u0072ies": [[1, 2]], "warmup": "zeros"}',
+    b'{"series": [[3.4028235e+38, -3.4028235e+38, 3.4028234663852886e+38, 1e-46]]}',
+    b'{"series": [[18446744073709551616, -9223372036854775809, 1' + b"0" * 30 + b"]]}",
+    b'{"series": [[9007199254740993, 0.1, 1.00000005960464477539]]}',
+    b'\xef\xbb\xbf{"series": [[1]]}',
+    b'{"series": [[1]], "series": [[2, 3]]}',
+    b'{"series": [[1e999]], "series": [[2, 3]]}',
+    b'{"warmup": "nope", "warmup": null, "series": [[1' + b", 1" * 63 + b"]]}",
+]
+
+
+@pytest.mark.parametrize("body", HAND_WRITTEN, ids=short_id)
+def test_hand_written_bodies(body: bytes) -> None:
+    got = new(body)
+    assert got == reference(body.removeprefix(b"\xef\xbb\xbf"))
+    before = old(body)
+    if before is not None and not isinstance(before[0], int):
+        assert got == before
+
+
+def test_float32_max_as_printed_is_accepted() -> None:
+    job = parse_smooth_body(b'{"series": [[3.4028235e+38, -3.4028235e+38]]}', LIMITS, NAMES)
+    assert job.series[0].tolist() == [F32_MAX, -F32_MAX]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+ERRORS = [
+    (b'{"series": [[1, 2]', 400, "malformed JSON at byte 18"),
+    (b"", 400, "malformed JSON at byte 0"),
+    (b'{"series": [[1, 2,]]}', 400, "malformed JSON at byte 18: Expecting value"),
+    (b'{"series": [[1, 2}]}', 400, "malformed JSON at byte 17"),
+    (b'{"series": [[1]]}}', 400, "malformed JSON at byte 17"),
+    (b'{"series": [[1]], "channels": [0,]}', 400, "malformed JSON at byte 33: Expecting value"),
+    (b'{"series": [[1, "\xff"]]}', 400, "malformed JSON at byte 17: invalid UTF-8"),
+    (b'{"series": [[1]], "x": "\xff"}', 400, "malformed JSON at byte 24: invalid UTF-8"),
+    (b'{"series": [[1,]], "series": [[1]]}', 400, "malformed JSON at byte 15"),
+    (b'{"series": [[1, "x"], [2,,]]}', 400, "malformed JSON at byte 25"),
+    (b'{"series": [[1, NaN]]}', 422, "NaN is not allowed at series[0][1]"),
+    (b'{"series": [[1], [Infinity]]}', 422, "Infinity is not allowed at series[1][0]"),
+    (b'{"series": [[-Infinity]]}', 422, "-Infinity is not allowed at series[0][0]"),
+    (b'{"series": [[NaN]], "series": [[1]]}', 422, "NaN is not allowed"),
+    (b'{"series": [[1]], "warmup": NaN}', 422, "NaN is not allowed"),
+    (b'{"series": [[1, 1e999]]}', 422, "series[0][1] = inf is not finite"),
+    (b'{"series": [[1, -1e999]]}', 422, "series[0][1] = -inf is not finite"),
+    (b'{"series": [[1, 1e39]]}', 422, "series[0][1] = 1e+39 is not finite or is outside the float32 range"),
+    (b'{"series": [[3.4028236e+38]]}', 422, "series[0][0] = 3.4028236e+38 is not finite"),
+    (b'{"series": [[2], [1, 1' + b"0" * 400 + b"]]}", 422, "series[1][1] = inf is not finite"),
+    (b"[1, 2]", 422, "must be a JSON object, got list"),
+    (b"[[[1]]]", 422, "must be a JSON object, got list"),
+    (b'{"values": [[1]]}', 422, "unknown field(s) ['values']"),
+    (b"{}", 422, "'series' is required"),
+    (b'{"series": []}', 422, "'series' is empty"),
+    (b'{"series": "1,2"}', 422, "'series' must be a list of lists of numbers, got str"),
+    (b'{"series": {"a": [1]}}', 422, "'series' must be a list of lists of numbers, got dict"),
+    (b'{"series": [[1], []]}', 422, "series[1] is empty"),
+    (b'{"series": [[1], [ \n ]]}', 422, "series[1] is empty"),
+    (b'{"series": [[1], 5]}', 422, "series[1] must be a list of numbers, got int"),
+    (b'{"series": [[1, "2"]]}', 422, "series[0][1] must be a number, got str '2'"),
+    (b'{"series": [[1, null]]}', 422, "series[0][1] must be a number, got NoneType"),
+    (b'{"series": [[1, true]]}', 422, "series[0][1] must be a number, got bool"),
+    (b'{"series": [[1, false]]}', 422, "series[0][1] must be a number, got bool"),
+    (b'{"series": [[1, [2]]]}', 422, "series[0][1] must be a number, got list"),
+    (b'{"series": [[1, {"a": 2}]]}', 422, "series[0][1] must be a number, got dict"),
+    (b'{"series": [[1]' + b", [1]" * 8 + b"]}", 413, "9 series; the limit is 8"),
+    (b'{"series": [[1], [1' + b", 1" * 64 + b"]]}", 413, "series[1] has 65 values; the limit is 64"),
+    (b'{"series": [[1, "x"], [1' + b", 1" * 64 + b"]]}", 413, "series[1] has 65 values"),
+    (b'{"series": [[1]], "channels": ["nope"]}', 422, "channels[0] = 'nope' is not one of"),
+    (b'{"series": [[1]], "channels": [4]}', 422, "channels[0] = 4"),
+    (b'{"series": [[1]], "channels": [true]}', 422, "channels[0] = True"),
+    (b'{"series": [[1]], "channels": [1.0]}', 422, "channels[0] = 1.0"),
+    (b'{"series": [[1]], "channels": [[1, 2]]}', 422, "channels[0] = [1, 2] is not one of"),
+    (b'{"series": [[1]], "channels": []}', 422, "'channels' must be a non-empty list"),
+    (b'{"series": [[1]], "channels": "fast"}', 422, "'channels' must be a non-empty list"),
+    (b'{"series": [[1]], "channels": ["mid", 0, 1]}', 422, "channels[2] repeats 'mid' (channels[0])"),
+    (b'{"series": [[1]], "warmup": "ones"}', 422, "'warmup' must be one of ['zeros', 'adjust'], got 'ones'"),
+    (b'{"series": [[1]], "warmup": [[1, 2]]}', 422, "got [[1, 2]]"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), ERRORS, ids=short_id)
+def test_errors_say_what_and_where(body: bytes, status: int, message: str) -> None:
+    for raised in errors(body):
+        assert (raised.status, message in raised.detail) == (status, True), raised.detail
+
+
+def test_every_prefix_of_a_body_is_malformed() -> None:
+    body = b'{"series": [[1, -2.5e3], [7]], "channels": ["a\\"[b]", 1], "warmup": "zeros"}'
+    new(body)  # the whole body is valid
+    for end in range(len(body)):
+        assert error(body[:end]).status == 400, body[:end]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",
+        b"}",
+        b'{"series": [[1]]]',
+        b'{"series": [[1]]}]]]',
+        b']]]{"series": [[1]]}',
+        b'{"series": [[[1]]}',
+        b'{"series": [[1]], "x": "[[[',
+        b'{"series": [[1]], "x": "\\"}',
+        b'{"series": [\\"[1]"]}',
+        b'{"series": [[1] [2]]}',
+        b'{"series": [[1 2]]}',
+        b'{"series": [[1|2]]}',
+        b'{"series": [[01]]}',
+        b'{"series": [[1.]]}',
+        b'{"series": [[+1]]}',
+        b'{"series": [[.5]]}',
+        b'{"series": [[0x10]]}',
+        b'{"series": [[1]]} {}',
+        b"{" * 5000 + b"}" * 5000,
+        b'{"series": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    ],
+    ids=short_id,
+)
+def test_malformed_bodies_are_400(body: bytes) -> None:
+    assert error(body, WIDE).status == 400
+
+
+MUTATIONS = st.sampled_from(list(b'"[]{},:\\ 0-.eE\x01'))
+
+
+@EXAMPLES
+@given(
+    bodies(), st.lists(st.tuples(st.integers(0, 10**6), MUTATIONS, st.integers(0, 2)), min_size=1, max_size=3)
+)
+def test_mutated_bodies_agree_with_the_old_parser(body: bytes, edits: list[tuple[int, int, int]]) -> None:
+    mutated = bytearray(body)
+    for where, byte, how in edits:
+        at = where % (len(mutated) + 1)
+        if how == 0:
+            mutated.insert(at, byte)
+        elif at < len(mutated):
+            mutated[at : at + 1] = b"" if how == 1 else bytes([byte])
+    got = new(bytes(mutated), WIDE)
+    before = old(bytes(mutated), WIDE)
+    if before is not None and got != before:
+        if isinstance(got[0], int):
+            assert got[0] == before[0], (got, before)
+        else:  # the old parser refused float32 max as printed
+            assert "outside the float32 range" in before[1]
+            assert got == reference(bytes(mutated))
+    try:
+        json.loads(bytes(mutated))
+    except ValueError:
+        assert got[0] == 400
+    else:
+        assert got[0] != 400
+
+
+@pytest.mark.parametrize("group", [1, 3, 7, 1 << 18])
+def test_series_are_narrowed_in_groups(group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jsoncodec, "_GROUP_VALUES", group)
+    monkeypatch.setattr(jsoncodec, "SMALL_BODY_BYTES", -1)
+    series: list[list[Any]] = [[1, 2], [3], [4, 5, 6], [2**64, 8], [9], [10, 11]]
+    body = json.dumps({"series": series}).encode()
+    assert outcome(parse_smooth_body, body) == reference(body)
+    for i, j in [(0, 0), (0, 1), (2, 2), (3, 1), (4, 0), (5, 1)]:
+        broken = [list(s) for s in series]
+        broken[i][j] = 1e39
+        assert outcome(parse_smooth_body, json.dumps({"series": broken}).encode()) == (
+            422,
+            f"series[{i}][{j}] = 1e+39 is not finite or is outside the float32 range",
+        )
+
+
+def test_duplicate_keys_behave_like_orjson() -> None:
+    body = b'{"series": [[1]], "channels": [0], "series": [[2, 3]], "channels": ["mid"]}'
+    assert orjson.loads(body)["series"] == [[2, 3]]
+    assert new(body) == ([np.float32([2, 3]).view(np.uint32).tolist()], [1], None)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        b'{"series": [[1]], "%s": 1}',
+        b'{"series": [[1]], "channels": ["%s"]}',
+        b'{"series": [[1]], "warmup": "%s"}',
+        b'{"series": [[1, "%s"]]}',
+        b'{"series": [[1]], "channels": [["%s"]]}',
+        b'{"series": [[1]], "x": "%s',
+        b'{"series": [[1, %s]]}',
+    ],
+)
+def test_error_messages_quote_little_of_a_long_input(template: bytes) -> None:
+    for long in (b"7" * (1 << 20), b"7" * 1000):  # past and within the small-body path
+        raised = error(template.replace(b"%s", long), WIDE)
+        assert len(raised.detail) < 200, raised.detail[:300]
+
+
+def test_bodies_with_many_structural_characters_are_parsed_whole() -> None:
+    many_keys = b"{" + b'"warmup": null, ' * 2000 + b'"series": [[1, 2]]}'
+    assert new(many_keys) == old(many_keys)
+    many_series = b'{"series": [' + b"[1]," * 999 + b"[1]]}"
+    assert new(many_series) == (413, "1000 series; the limit is 8")
+    nan_inside = b"{" + b'"warmup": "zeros", ' * 2000 + b'"series": [[1, NaN]]}'
+    assert new(nan_inside)[0] == 422
+
+
+@EXAMPLES
+@given(bodies())
+def test_count_values_upper_bound(body: bytes) -> None:
+    values = sum(len(s) for s in json.loads(body)["series"])
+    assert values <= count_values_upper_bound(body) <= body.count(b",") + body.count(b"]")
+
+
+# --- the structural scan ------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet='ab"\\[]{},:| é\n\x00\u2028', max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+def depth_two_arrays(value: Any) -> list[Any]:
+    found = []
+    for child in value.values() if isinstance(value, dict) else value if isinstance(value, list) else []:
+        if isinstance(child, (list, dict)):
+            found += [
+                g for g in (child.values() if isinstance(child, dict) else child) if isinstance(g, list)
+            ]
+    return found
+
+
+@EXAMPLES
+@given(json_values, st.booleans(), st.sampled_from([None, 0, 2]), st.sampled_from([(",", ":"), (", ", ": ")]))
+def test_scan_finds_every_array_at_depth_two(
+    value: Any, ascii_only: bool, indent: int | None, separators: tuple[str, str]
+) -> None:
+    body = json.dumps(value, ensure_ascii=ascii_only, indent=indent, separators=separators).encode()
+    spans = find_spans(np.frombuffer(body, np.uint8), max_events=10**9)
+    assert spans is not None
+    assert [json.loads(body[s.start : s.end]) for s in spans] == depth_two_arrays(value)
+    for span in spans:
+        inner = body[span.start + 1 : span.end - 1]
+        assert span.plain == (not any(c in inner for c in b'"\\[]{}'))
+
+
+# --- responses ----------------------------------------------------------------------------
+
+SPECIAL = np.array(
+    [-0.0, 0.0, 1e-45, np.finfo(np.float32).smallest_normal, F32_MAX, -F32_MAX, 1.6188078, 1 / 3], np.float32
+)
+
+
+def blocks(name: str) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    shapes = {
+        "one": [(1, 1)],
+        "short": [(3, int(n)) for n in rng.integers(1, 5, 300)],
+        "long": [(2, 100_000), (2, 3)],
+        "empty-rows": [(0, 4), (2, 0)],
+        "none": [],
+    }[name]
+    out = [rng.standard_normal(shape).astype(np.float32) * 10.0 ** rng.integers(-40, 38) for shape in shapes]
+    if out:
+        out[0].reshape(-1)[: SPECIAL.size] = SPECIAL[: out[0].size]
+    return out
+
+
+@pytest.mark.parametrize("shapes", ["one", "short", "long", "empty-rows", "none"])
+@pytest.mark.parametrize("chunk_bytes", [1, 4096, 1 << 20])
+def test_response_chunks_equal_one_orjson_call(shapes: str, chunk_bytes: int) -> None:
+    smoothed = blocks(shapes)
+    channels, alphas = ["fast", 'a"[b]'], [0.38398948311805725, 1e-300]
+    expected = orjson.dumps(
+        {"smoothed": smoothed, "channels": channels, "alphas": alphas, "model_version": "sha256:ab"},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    chunks = list(encode_smooth_response(smoothed, channels, alphas, "sha256:ab", chunk_bytes))
+    assert b"".join(chunks) == expected
+    longest_row = max(
+        (len(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY)) for b in smoothed for row in b), default=0
+    )
+    assert all(len(chunk) <= chunk_bytes + max(longest_row, 200) for chunk in chunks)  # 200: the tail
+    assert all(len(chunk) >= chunk_bytes for chunk in chunks[:-1])
+
+
+def test_response_round_trips_through_the_parser() -> None:
+    smoothed = [np.arange(6, dtype=np.float32).reshape(2, 3) / 7]
+    body = b"".join(encode_smooth_response(smoothed, ["fast", "mid"], [0.5, 0.25], "v"))
+    rows = orjson.loads(body)["smoothed"][0]
+    series = json.dumps({"series": rows}).encode()
+    job = parse_smooth_body(series, LIMITS, NAMES)
+    assert np.array_equal(np.stack(job.series), smoothed[0])
