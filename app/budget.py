@@ -51,7 +51,9 @@ def peak_bytes(max_inflight_bytes: int, max_batch_values: int, channels: int) ->
 
 def parse_bytes(body_bytes: int, values_bound: int, channels: int) -> int:
     """Step 2: a read body about to be parsed (``values_bound`` from its separators)."""
-    per_value = max(PARSE_BYTES_PER_VALUE, result_bytes_per_value(channels, channels))
+    # The most a choice of channels can cost: all but one (a copy of C - 1 beside the C).
+    worst_result = result_bytes_per_value(channels, max(channels - 1, 1))
+    per_value = max(PARSE_BYTES_PER_VALUE, worst_result)
     return body_bytes + values_bound * per_value + ENCODE_BYTES
 
 

@@ -100,19 +100,6 @@ def _reserve(reservation: Reservation, amount: int, body_bytes: int) -> None:
         raise ServerBusyError("the memory budget for requests in flight is full")
 
 
-async def discard_body(receive: Receive, limits: BodyLimits, deadline: Deadline) -> None:
-    """Read and drop the rest of a refused body, so that closing the connection does not
-    reset it before the client has read the refusal. Bounded by the same timeouts."""
-    while True:
-        wait = min(limits.stall_s, deadline.remaining())
-        try:
-            message = await asyncio.wait_for(receive(), max(wait, 0.0))
-        except TimeoutError:
-            return
-        if message["type"] == "http.disconnect" or not message.get("more_body", False):
-            return
-
-
 async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """``work``'s result, or ``ClientDisconnectedError`` (and ``work`` cancelled) if the
     client goes away first. Call only once the body has been read."""

@@ -52,6 +52,11 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.error("batch failed", exc_info=exc.__cause__ or exc)
         return json_response({"detail": "internal error while smoothing this batch"}, status=500)
 
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback; the client gets JSON without it, like every error.
+        return json_response({"detail": "internal server error"}, status=500)
+
+    app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(RequestError, request_error)
     app.add_exception_handler(QueueFullError, unavailable)
     app.add_exception_handler(BatcherClosedError, unavailable)

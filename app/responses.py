@@ -3,7 +3,7 @@
 A result's JSON is about 16 bytes per output value, four times its float32 arrays;
 building it whole would make the response the largest object of a request. Past
 ``STREAM_VALUES`` output values it is encoded in about ``ENCODE_CHUNK_BYTES`` at a time
-in the codec threads and sent as each chunk is ready (chunked transfer encoding), so a
+in the codec thread and sent as each chunk is ready (chunked transfer encoding), so a
 request holds at most two chunks of text. The status is decided before the first byte
 (the outputs are checked first), and the request's ticket is closed after the last.
 """
@@ -68,9 +68,7 @@ class ChunkedResponse(Response):
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
             while not watch.done():
-                chunk = await asyncio.wait_for(
-                    self.service.run_codec(next, self.chunks, None), self.deadline.check()
-                )
+                chunk = await self.service.codec_call(self.deadline, next, self.chunks, None)
                 if chunk is None:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                     return

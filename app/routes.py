@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.batcher import BatcherClosedError
-from app.intake import BodyLimits, Deadline, ServerBusyError, discard_body, read_body, until_disconnected
+from app.intake import BodyLimits, Deadline, read_body, until_disconnected
 from app.responses import json_response, smooth_response
 from app.schemas import (
     AlphasResponse,
@@ -54,19 +54,14 @@ async def smooth(request: Request) -> Response:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != JSON:
         raise RequestError(415, f"content-type must be {JSON}, got {excerpt(media_type) or 'none'}")
+    # A refusal here leaves the body unread: uvicorn drops the rest of it as it arrives
+    # (in its parser, at no cost to the app) and keeps the connection, so the client reads
+    # a 503 rather than a reset, and a shed request costs next to nothing.
+    ticket = service.admit()
     try:
-        ticket = service.admit()
-    except ServerBusyError:
-        await discard_body(request.receive, limits, deadline)  # a refusal, not a reset
-        raise
-    try:
-        try:
-            body = await read_body(
-                request.receive, declared_length(request), limits, ticket.reservation, deadline
-            )
-        except ServerBusyError:
-            await discard_body(request.receive, limits, deadline)
-            raise
+        body = await read_body(
+            request.receive, declared_length(request), limits, ticket.reservation, deadline
+        )
         # Checked after the body is read: closing a socket with unread input resets it, and
         # the client would see a reset instead of this 503.
         if request.app.state.drain.active:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import sys
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 
+from app.admission import StandingQueue
 from app.batcher import BatchLimits, MicroBatcher
 from app.budget import MemoryBudget, Reservation, parse_bytes, result_bytes
 from app.intake import Deadline, ServerBusyError
@@ -22,12 +25,16 @@ from app.runtime import release_free_memory, tune_allocator
 from app.schemas import RequestError, RequestLimits
 from app.settings import Settings
 from app.weights import LoadedModel, load_weights
+from app.workers import OldestFirstPool
 
 T = TypeVar("T")
 # Bodies and results up to this size are parsed and encoded on the event loop: a thread
 # hop costs more than the work, and the loop stalls at most about a millisecond.
 INLINE_BYTES = 128 * 1024
 INLINE_VALUES = 16 * 1024
+SWITCH_INTERVAL_S = 0.001  # GIL hand-over interval while serving (benchmarks/README.md)
+# Work queued for the codec thread longer than this means the server is saturated.
+BACKLOG_LIMIT_S = 0.5
 TRIM_DELAY_S = 0.5  # a heap trim runs this long after the last request ends, if none began
 
 
@@ -47,10 +54,11 @@ class Ticket:
     def __init__(self, service: SmoothingService) -> None:
         self.service = service
         self.reservation = Reservation(service.budget)
+        self.started = time.monotonic()
 
     def close(self) -> None:
         self.reservation.close()
-        self.service._ticket_closed()
+        self.service._ticket_closed(time.monotonic() - self.started)
 
 
 logger = logging.getLogger("convewma")
@@ -76,11 +84,14 @@ class SmoothingService:
             tune_allocator()
         self.budget = MemoryBudget(settings.max_inflight_bytes)
         self.in_progress = 0
+        self.standing_queue = StandingQueue()
         self._trim: asyncio.TimerHandle | None = None
         self.codec_closed = False
+        self._switch_interval = sys.getswitchinterval()
         # Parsing and encoding run here, off the event loop; each call they make holds
-        # the GIL only briefly (app/jsoncodec.py), so probes keep answering.
-        self.codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="convewma-codec")
+        # the GIL only briefly (app/jsoncodec.py), so probes keep answering. One thread:
+        # a second only adds GIL contention (both are CPU-bound under the GIL).
+        self.codec = OldestFirstPool(workers=1, name="convewma-codec")
         self.device = resolve_device(settings.device)
         self.loaded: LoadedModel = load_weights(settings.weights, device=self.device)
         self.model = self.loaded.model
@@ -122,6 +133,10 @@ class SmoothingService:
                 self.forward(torch.zeros(2, 64), warmup)
 
     async def start(self) -> None:
+        # The event loop needs the GIL for every socket read; with the codec thread
+        # holding it, it waits up to a whole switch interval each time (5 ms by default).
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.warm_up()
         await self.batcher.start()
         self.ready = True
@@ -135,17 +150,26 @@ class SmoothingService:
         if self._trim is not None:
             self._trim.cancel()
         self.codec_closed = True
-        self.codec.shutdown(wait=True)
+        self.codec.shutdown()
+        sys.setswitchinterval(self._switch_interval)
 
     def admit(self) -> Ticket:
         """A ticket for one ``/smooth`` request, or ``ServerBusyError`` (a fast 503)."""
         if self.in_progress >= self.settings.max_concurrency:
             raise ServerBusyError(f"{self.in_progress} requests are in progress")
+        # Admitting more would only make every request later (goodput would fall): shed
+        # at once, before reading the body, until the backlog is worked off.
+        behind = self.codec.longest_wait()
+        if behind > BACKLOG_LIMIT_S:
+            raise ServerBusyError(f"the server is {behind:.1f} s behind")
+        if self.in_progress and self.standing_queue.is_behind():
+            raise ServerBusyError("requests are waiting longer than the server's target; retry shortly")
         self.in_progress += 1
         return Ticket(self)
 
-    def _ticket_closed(self) -> None:
+    def _ticket_closed(self, took_s: float) -> None:
         self.in_progress -= 1
+        self.standing_queue.observe(took_s)
         if self.in_progress == 0 and self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY_S, self._trim_if_idle)
 
@@ -153,10 +177,12 @@ class SmoothingService:
         # After a burst the heap holds its peak; give it back once nothing is in flight.
         self._trim = None
         if self.in_progress == 0 and not self.codec_closed:
-            self.codec.submit(release_free_memory)
+            self.codec.submit(math.inf, release_free_memory)
 
-    async def run_codec(self, fn: Callable[..., T], *args: object) -> T:
-        future = asyncio.get_running_loop().run_in_executor(self.codec, fn, *args)
+    async def run_codec(self, deadline: Deadline, fn: Callable[..., T], *args: object) -> T:
+        """``fn(*args)`` in the codec thread, the oldest request first; waits at most
+        until ``deadline``."""
+        future = asyncio.wrap_future(self.codec.submit(deadline.started, fn, *args))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -166,6 +192,9 @@ class SmoothingService:
                 await future
             raise
 
+    async def codec_call(self, deadline: Deadline, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.wait_for(self.run_codec(deadline, fn, *args), deadline.check())
+
     async def smooth(self, body: bytes, reservation: Reservation, deadline: Deadline) -> SmoothResult:
         """Parse, admit, batch, select and check one request; the caller encodes the result."""
         channels = len(self.channels)
@@ -173,9 +202,7 @@ class SmoothingService:
         if inline:
             values_bound = count_values_upper_bound(body)
         else:  # about 0.4 ms per MiB: off the loop too
-            values_bound = await asyncio.wait_for(
-                self.run_codec(count_values_upper_bound, body), deadline.check()
-            )
+            values_bound = await self.codec_call(deadline, count_values_upper_bound, body)
         needed = parse_bytes(len(body), values_bound, channels)
         if not reservation.fits_alone(needed):
             raise RequestError(
@@ -189,9 +216,7 @@ class SmoothingService:
         if inline:
             job = parse_smooth_body(body, limits, self.channels)
         else:
-            job = await asyncio.wait_for(
-                self.run_codec(parse_smooth_body, body, limits, self.channels), deadline.check()
-            )
+            job = await self.codec_call(deadline, parse_smooth_body, body, limits, self.channels)
         del body
         values = sum(len(s) for s in job.series)
         reservation.resize(min(reservation.held, result_bytes(values, channels, len(job.channels))))
@@ -203,9 +228,7 @@ class SmoothingService:
         if values * len(chosen) <= INLINE_VALUES:
             smoothed = select_and_check(outputs, selection)
         else:
-            smoothed = await asyncio.wait_for(
-                self.run_codec(select_and_check, outputs, selection), deadline.check()
-            )
+            smoothed = await self.codec_call(deadline, select_and_check, outputs, selection)
         return SmoothResult(
             smoothed=smoothed,
             channels=[self.channels[c] for c in chosen],

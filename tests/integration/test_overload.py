@@ -184,6 +184,22 @@ def test_abandoned_requests_are_dropped_and_counted_499(server):
     assert "Traceback" not in text
 
 
+def test_an_aborted_upload_is_a_499_not_an_error(server):
+    base, _, log = server
+    before = scrape(base)
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(
+            b"POST /smooth HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 100000\r\n\r\n{"series": [[1, 2, 3,'
+        )
+        time.sleep(0.2)  # the request is in the app, waiting for the rest of its body
+    after = wait_idle(base)
+    counts = {k: v - before.get(k, 0) for k, v in after.items() if k.startswith("convewma_requests_total")}
+    assert sum(v for k, v in counts.items() if 'status="499"' in k) == 1
+    assert not any(v for k, v in counts.items() if 'status="500"' in k)
+    assert "Traceback" not in log.read_text()
+
+
 def stalled_upload(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.sendall(

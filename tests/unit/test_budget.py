@@ -1,0 +1,68 @@
+"""The memory budget, its per-request reservations and the standing-queue detector."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.admission import StandingQueue
+from app.budget import (
+    ENCODE_BYTES,
+    MemoryBudget,
+    Reservation,
+    batch_bytes,
+    parse_bytes,
+    peak_bytes,
+    result_bytes,
+)
+
+
+def test_reservations_resize_within_the_capacity_and_give_everything_back():
+    budget = MemoryBudget(1000)
+    first, second = Reservation(budget), Reservation(budget)
+    assert first.resize(600)
+    assert not second.resize(500)  # would pass the capacity: refused, nothing taken
+    assert (second.held, budget.used) == (0, 600)
+    assert first.resize(200)  # shrinking always succeeds and frees the difference
+    assert second.resize(800)
+    assert budget.used == 1000
+    assert not first.resize(201)
+    assert first.held == 200
+    first.close()
+    second.close()
+    assert budget.used == 0
+    assert first.fits_alone(1000)
+    assert not first.fits_alone(1001)
+    with pytest.raises(ValueError, match="capacity must be >= 1 byte, got 0"):
+        MemoryBudget(0)
+
+
+@pytest.mark.parametrize("channels", [1, 4, 32])
+def test_parsing_reserves_at_least_what_the_result_needs(channels):
+    # Step 3 must never need more than step 2 held, whichever channels are chosen.
+    for chosen in range(1, channels + 1):
+        assert parse_bytes(0, 1000, channels) >= result_bytes(1000, channels, chosen)
+    assert result_bytes(1000, channels, channels) == 1000 * 4 * (1 + channels) + ENCODE_BYTES
+    if channels > 1:  # a selection is a copy of the chosen channels
+        assert result_bytes(1000, channels, 1) == 1000 * 4 * (2 + channels) + ENCODE_BYTES
+
+
+def test_the_sizing_rule_adds_idle_process_one_batch_and_the_budget():
+    assert batch_bytes(4_000_000, 4) == 4_000_000 * 4 * 10
+    assert peak_bytes(10**9, 4_000_000, 4) == peak_bytes(0, 4_000_000, 4) + 10**9
+
+
+def test_standing_queue_sheds_only_after_a_whole_slow_interval(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr("app.admission.time.monotonic", lambda: now[0])
+    gate = StandingQueue(target_s=1.0, interval_s=1.0)
+    gate.observe(3.0)
+    assert not gate.is_behind()  # one slow request is a burst, not a standing queue
+    now[0] = 1.0
+    assert gate.is_behind()  # every request of the last interval was slow
+    now[0] = 2.5
+    assert gate.is_behind()  # an interval with nothing finished decides nothing
+    gate.observe(0.2)
+    assert not gate.is_behind()  # a fast one clears it at once
+    gate.observe(5.0)
+    now[0] = 3.6
+    assert not gate.is_behind()  # the interval held a fast request
