@@ -1,9 +1,11 @@
 # convewma-service image: `convewma serve` on port 8000, one uvicorn worker.
 #
-# CPU (default):  docker build -t convewma .
-# GPU hosts:      docker build -t convewma:cuda \
+# One image tag everywhere: IMAGE=convewma:0.1.0 (README, docker/compose.yaml's ${IMAGE},
+# docker/k8s/kustomization.yaml's images:); VERSION below is its tag, pyproject's version.
+# CPU (default):  docker build -t "$IMAGE" .
+# GPU hosts:      docker build -t convewma-cuda:0.1.0 \
 #                   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
-#                 docker run --gpus all -p 8000:8000 convewma:cuda
+#                 docker run --gpus all -p 8000:8000 convewma-cuda:0.1.0
 # Offline / local wheel folder (this platform): see docker/README.md.
 #
 # Stop with a grace period of at least CONVEWMA_DRAIN_S + CONVEWMA_REQUEST_TIMEOUT_S + 5
@@ -41,6 +43,7 @@ RUN pip install $PIP_EXTRA_ARGS --no-deps . \
     && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE} AS runtime
+# The image's version: the tag of IMAGE and pyproject.toml's version (a test checks).
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="convewma-service" \
       org.opencontainers.image.description="ConvEWMA: learned exponential smoothing as a micro-batching HTTP service" \
@@ -51,7 +54,7 @@ RUN groupadd --system --gid 10001 convewma \
     && useradd --system --uid 10001 --gid convewma --no-create-home --shell /usr/sbin/nologin convewma
 COPY --from=build /opt/venv /opt/venv
 # The shipped weights; mount another file and point CONVEWMA_WEIGHTS at it to override.
-COPY --chmod=0644 models/convewma.safetensors models/README.md /srv/convewma/models/
+COPY --chmod=0644 app/models/convewma.safetensors models/README.md /srv/convewma/models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

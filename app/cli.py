@@ -1,4 +1,10 @@
-"""The ``convewma`` command line: ``train`` fits weights, ``smooth`` applies them to a file."""
+"""The ``convewma`` command line: ``train`` fits weights, ``smooth`` applies them to a file,
+``serve`` starts the HTTP service.
+
+Every user error (bad data, bad weights, a bad setting, an unwritable ``--out``) is one
+line on stderr, never wrapped, and exit status 2; a closed stdout (``convewma smooth |
+head -1``) ends quietly with status 0.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +12,21 @@ import argparse
 import contextlib
 import copy
 import csv
+import importlib.metadata
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+import app
 from app.data import DataError, load_dataset
 from app.ewma import MAX_KERNEL_SIZE, WARMUP_MODES
 from app.paths import DEFAULT_WEIGHTS
@@ -43,7 +53,63 @@ def _kernel_size(text: str) -> int:
     return value
 
 
+def _output_path(text: str) -> Path:
+    """``--out``, checked before any work: its folder must exist (nothing is created)."""
+    path = Path(text)
+    folder = path.parent
+    if not folder.exists():
+        raise CliError(f"--out {text}: the folder {folder} does not exist (create it first)")
+    if not folder.is_dir():
+        raise CliError(f"--out {text}: {folder} is not a folder")
+    if path.is_dir():
+        raise CliError(f"--out {text}: is a folder, not a file name")
+    return path
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[TextIO]:
+    """Open ``--out`` for text, turning an OS refusal into one plain line."""
+    try:
+        handle = path.open("w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"--out {path}: cannot write the file: {exc.strerror or exc}") from None
+    with handle:
+        yield handle
+
+
+def _check_device(name: str) -> None:
+    """Refuse a device this machine lacks before the server starts, in one line.
+
+    The service resolves the device only inside its lifespan, where a failure is a
+    traceback and exit status 3; ``serve`` calls this first.
+    """
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CliError(
+            f"invalid settings: device: {name!r} is not a device (auto, cpu, cuda or cuda:N)"
+        ) from None
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        reason = (
+            f"this torch ({torch.__version__}) is built without CUDA"
+            if torch.version.cuda is None
+            else "no CUDA device is visible"
+        )
+        raise CliError(f"invalid settings: device: {name!r} but {reason}; use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise CliError(
+            f"invalid settings: device: {name!r} but {count} CUDA device(s) are visible"
+            f" (cuda:0 .. cuda:{count - 1})"
+        )
+
+
 def _train(args: argparse.Namespace, console: Console) -> None:
+    out = _output_path(args.out)  # before the data is read and the fit runs
     config = TrainConfig(
         kernel_size=args.kernel_size,
         normalize=args.normalize,
@@ -52,7 +118,7 @@ def _train(args: argparse.Namespace, console: Console) -> None:
         lr=args.lr,
         seed=args.seed,
     )
-    dataset = load_dataset([Path(p) for p in args.data], config.min_length)
+    dataset = load_dataset([Path(p) for p in args.data], config.min_length, index_col=args.index_col)
     console.print(f"training on {dataset.description}, channels {list(dataset.channels)}", highlight=False)
     with Progress(
         TextColumn("epoch"),
@@ -83,9 +149,10 @@ def _train(args: argparse.Namespace, console: Console) -> None:
             "torch_version": torch.__version__.split("+")[0],
         },
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_weights(result.model, card, out)
+    try:
+        save_weights(result.model, card, out)
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot write the file: {exc.strerror or exc}") from None
     table = Table(title=f"ConvEWMA weights written to {out}")
     table.add_column("channel")
     table.add_column("alpha", justify="right")
@@ -98,27 +165,35 @@ def _train(args: argparse.Namespace, console: Console) -> None:
 
 
 def _smooth(args: argparse.Namespace, console: Console) -> None:
+    out = _output_path(args.out) if args.out is not None else None
     loaded = load_weights(args.weights)
     card = loaded.card
-    dataset = load_dataset([Path(p) for p in args.data], min_length=1)
-    rows: list[list[str]] = []
-    header: list[str] = []
-    with torch.inference_mode():
-        for index, values in enumerate(dataset.series):
-            x = torch.from_numpy(values).to(torch.float32)  # (S, T): each input column a series
-            y = loaded.model(x, warmup=args.warmup)  # (S, C, T)
-            header = [f"{src}:{ch}" for src in dataset.channels for ch in card.channels]
-            flat = y.reshape(-1, y.shape[-1]).t().tolist()
-            rows.extend([[str(index), *(f"{v:.7g}" for v in row)] for row in flat])
+    dataset = load_dataset([Path(p) for p in args.data], min_length=1, index_col=args.index_col)
     alphas = ", ".join(
         f"{n}={a:.4f}" for n, a in zip(card.channels, loaded.model.alphas.tolist(), strict=True)
     )
     console.print(f"model {loaded.path} (sha256 {loaded.sha256[:12]}), alphas: {alphas}", highlight=False)
+    # One row per time step: [index,] series number, then every input column smoothed by
+    # every model channel. Written series by series, so a reader that stops early (head)
+    # stops the work too.
+    header = ["series", *(f"{src}:{ch}" for src in dataset.channels for ch in card.channels)]
+    if dataset.index_name is not None:
+        header.insert(0, dataset.index_name)
     with contextlib.ExitStack() as stack:
-        target = stack.enter_context(open(args.out, "w", newline="")) if args.out else sys.stdout
+        target = stack.enter_context(_writing(out)) if out is not None else sys.stdout
         writer = csv.writer(target)
-        writer.writerow(["series", *header])
-        writer.writerows(rows)
+        writer.writerow(header)
+        with torch.inference_mode():
+            for position, values in enumerate(dataset.series):  # bounded by the files
+                x = torch.from_numpy(values).to(torch.float32)  # (S, T): each input column a series
+                y = loaded.model(x, warmup=args.warmup)  # (S, C, T)
+                flat = y.reshape(-1, y.shape[-1]).t().tolist()
+                rows = [[str(position), *(f"{v:.7g}" for v in row)] for row in flat]
+                if dataset.index_name is not None:
+                    labels = dataset.index_of(position) or ("",) * len(rows)
+                    rows = [[label, *row] for label, row in zip(labels, rows, strict=True)]
+                writer.writerows(rows)
+        target.flush()  # a closed pipe shows here, inside main's handler, not at exit
 
 
 def _serve(args: argparse.Namespace, console: Console) -> None:
@@ -128,7 +203,7 @@ def _serve(args: argparse.Namespace, console: Console) -> None:
     import uvicorn
     from pydantic import ValidationError
 
-    from app.drain import DrainingServer, DrainState
+    from app.drain import ExitZeroServer
     from app.main import create_app
     from app.protocol import http_protocol, raise_open_files_limit
     from app.settings import Settings
@@ -150,12 +225,12 @@ def _serve(args: argparse.Namespace, console: Console) -> None:
             "invalid settings: "
             + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
         ) from None
+    _check_device(settings.device)  # a missing GPU: one line, exit 2 (not a traceback, exit 3)
     load_weights(settings.weights)  # fail fast, in one line, before uvicorn starts
-    drain = DrainState()
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["convewma"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config = uvicorn.Config(
-        create_app(settings, drain=drain),
+        create_app(settings),  # its lifespan drains on SIGTERM (app/drain.py)
         host=settings.host,
         port=settings.port,
         workers=1,  # batches form inside one process; scale out with replicas
@@ -177,52 +252,142 @@ def _serve(args: argparse.Namespace, console: Console) -> None:
             open_files,
             settings.max_connections,
         )
-    DrainingServer(config, drain, settings.drain_s).run()
+    ExitZeroServer(config).run()  # a drained, graceful stop exits 0
+
+
+def _version() -> str:
+    try:
+        version = importlib.metadata.version("convewma-service")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        version = app.__version__
+    return f"%(prog)s {version} (torch {torch.__version__}, Python {sys.version.split()[0]})"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Says "(required)" or "(default: ...)" after every option's help, unless it does."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.default is None:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convewma", description="ConvEWMA: learned exponential smoothing")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="fit one smoothing factor per channel of the data")
-    train.add_argument(
-        "--data",
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="CSV (header = channel names, optional series_id column), .npy or .npz; repeatable",
+    parser = argparse.ArgumentParser(
+        prog="convewma",
+        description="ConvEWMA: learned exponential smoothing",
+        formatter_class=_HelpFormatter,
     )
-    train.add_argument("--out", required=True, metavar="FILE", help="safetensors file to write")
-    train.add_argument("--kernel-size", type=_kernel_size, default=32)
-    train.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True)
-    train.add_argument("--warmup", choices=WARMUP_MODES, default="zeros")
-    train.add_argument("--epochs", type=int, default=300)
-    train.add_argument("--lr", type=float, default=0.05)
-    train.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", required=True)
+    data_help = "CSV (header = channel names, optional series_id and index columns), .npy or .npz; repeatable"
+    index_help = (
+        "CSV column of row labels (e.g. timestamps), not smoothed (default: the first column "
+        "other than series_id if its header is empty, or if none of its cells is a number "
+        "and another column holds data)"
+    )
 
-    smooth = commands.add_parser("smooth", help="smooth every column of a file with every model channel")
-    smooth.add_argument("--data", action="append", required=True, metavar="FILE")
-    smooth.add_argument("--weights", default=str(DEFAULT_WEIGHTS), metavar="FILE")
-    smooth.add_argument("--warmup", choices=WARMUP_MODES, default=None)
-    smooth.add_argument("--out", default=None, metavar="FILE", help="CSV to write (default: stdout)")
+    train = commands.add_parser(
+        "train", help="fit one smoothing factor per channel of the data", formatter_class=_HelpFormatter
+    )
+    train.add_argument("--data", action="append", required=True, metavar="FILE", help=data_help)
+    train.add_argument("--index-col", default=None, metavar="NAME", help=index_help)
+    train.add_argument(
+        "--out", required=True, metavar="FILE", help="safetensors file to write, in an existing folder"
+    )
+    train.add_argument(
+        "--kernel-size", type=_kernel_size, default=32, help=f"taps of the kernel, 1 to {MAX_KERNEL_SIZE}"
+    )
+    train.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="divide by the sum of the kernel (warm-up zeros)",
+    )
+    train.add_argument(
+        "--warmup", choices=WARMUP_MODES, default="zeros", help="how the first steps are weighted"
+    )
+    train.add_argument("--epochs", type=int, default=300, help="full-batch Adam steps")
+    train.add_argument("--lr", type=float, default=0.05, help="initial learning rate (cosine decay)")
+    train.add_argument("--seed", type=int, default=0, help="random seed")
 
-    serve = commands.add_parser("serve", help="start the HTTP service (settings: CONVEWMA_* variables)")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--weights", default=None, metavar="FILE")
-    serve.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    smooth = commands.add_parser(
+        "smooth",
+        help="smooth every column of a file with every model channel",
+        formatter_class=_HelpFormatter,
+    )
+    smooth.add_argument("--data", action="append", required=True, metavar="FILE", help=data_help)
+    smooth.add_argument(
+        "--index-col", default=None, metavar="NAME", help=index_help + "; copied to the output"
+    )
+    smooth.add_argument("--weights", default=str(DEFAULT_WEIGHTS), metavar="FILE", help="safetensors model")
+    smooth.add_argument(
+        "--warmup", choices=WARMUP_MODES, default=None, help="warm-up mode (default: the model's own)"
+    )
+    smooth.add_argument(
+        "--out", default=None, metavar="FILE", help="CSV to write, in an existing folder (default: stdout)"
+    )
+
+    serve = commands.add_parser(
+        "serve",
+        help="start the HTTP service (settings: CONVEWMA_* variables)",
+        formatter_class=_HelpFormatter,
+    )
+    serve.add_argument(
+        "--host", default=None, help="listen address (default: $CONVEWMA_HOST, else 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=None, help="listen port (default: $CONVEWMA_PORT, else 8000)"
+    )
+    serve.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help=f"safetensors model (default: $CONVEWMA_WEIGHTS, else {DEFAULT_WEIGHTS})",
+    )
+    serve.add_argument(
+        "--device",
+        default=None,
+        help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: $CONVEWMA_DEVICE, else auto)",
+    )
     return parser
+
+
+def _one_line(command: str, exc: BaseException) -> Text:
+    message = " ".join(str(exc).splitlines()) or type(exc).__name__
+    return Text.assemble((f"convewma {command}: error:", "bold red"), " ", message)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null, so the exit flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    console = Console(stderr=True)
+    # soft_wrap: a message is one line however narrow the terminal (or 80 columns when
+    # stderr is not one); markup off: names from files are printed as they are.
+    console = Console(stderr=True, soft_wrap=True, markup=False)
     handlers = {"train": _train, "smooth": _smooth, "serve": _serve}
     try:
         handlers[args.command](args, console)
+    except BrokenPipeError:  # the reader of stdout stopped (`| head`): not an error
+        _quiet_stdout()
+        return 0
+    except KeyboardInterrupt:
+        return 130
     except (CliError, DataError, WeightsError, ValueError, OSError) as exc:
-        console.print(f"[bold red]convewma {args.command}: error:[/] {exc}", highlight=False)
+        with contextlib.suppress(OSError):
+            console.print(_one_line(args.command, exc), highlight=False)
         return 2
     return 0
 

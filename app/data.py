@@ -5,7 +5,16 @@ channels.  File formats:
 
 * CSV: a header row of channel names, then one row per time step.  An optional
   ``series_id`` column splits the rows into several series (rows of one id stay in
-  file order); without it the whole file is one series.
+  file order); without it the whole file is one series.  One column may be an *index*
+  (row labels such as timestamps, as ``pandas.DataFrame.to_csv`` writes them): it is
+  not data, and ``convewma smooth`` copies it to its output.  The index column is the
+  one named by ``index_col`` if given; otherwise the first column other than
+  ``series_id`` is the index when its header is empty (``df.to_csv()``'s unnamed
+  index), or when the file has another data column and none of this column's cells is
+  a number (ISO dates, quarter labels, names).  A first column with a name and at least
+  one number is data, so a numeric index such as Unix seconds needs ``index_col``.
+  Every data cell must be a finite number: empty cells (pandas' ``NaN``) are refused,
+  missing values are not supported yet.
 * ``.npy``: a 1-D array (one channel) or a 2-D ``(T, C)`` array; channels are named
   ``ch0``, ``ch1``, ...
 * ``.npz``: one 1-D array per channel, named by the array names, all the same length.
@@ -17,7 +26,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +43,46 @@ class Dataset:
     channels: tuple[str, ...]
     series: tuple[np.ndarray, ...]  # each (C, T), float64
     description: str
+    # The index column's header ("" for pandas' unnamed index) when some CSV file has one.
+    index_name: str | None = None
+    # Per series, its index cells (T strings, as written in the file), or None; either
+    # empty (no index anywhere) or one entry per series.
+    index: tuple[tuple[str, ...] | None, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.index and len(self.index) != len(self.series):
+            raise ValueError(f"{len(self.index)} index entries for {len(self.series)} series")
 
     @property
     def total_steps(self) -> int:
         return sum(s.shape[1] for s in self.series)
 
+    def index_of(self, position: int) -> tuple[str, ...] | None:
+        """The index cells of series ``position``, or None when it has none."""
+        return self.index[position] if self.index else None
+
+
+@dataclass(frozen=True)
+class _FileData:
+    channels: tuple[str, ...]
+    series: list[np.ndarray]
+    index_name: str | None = None
+    index: list[tuple[str, ...]] | None = None  # one per series when the file has an index
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
 
 def _parse_float(text: str, path: Path, line: int, column: str) -> float:
+    if not text.strip():
+        raise DataError(
+            f"{path}:{line}: column {column!r}: empty cell (missing values are not supported yet)"
+        )
     try:
         value = float(text)
     except ValueError:
@@ -50,38 +92,81 @@ def _parse_float(text: str, path: Path, line: int, column: str) -> float:
     return value
 
 
-def _read_csv(path: Path) -> tuple[tuple[str, ...], list[np.ndarray]]:
-    with path.open(newline="", encoding="utf-8") as handle:
+def _read_records(path: Path) -> list[tuple[int, list[str]]]:
+    """Every non-blank record with the file line it ends on (quoted newlines counted)."""
+    records: list[tuple[int, list[str]]] = []
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: the file is empty")
-        header = [name.strip() for name in header]
-        if any(not name for name in header):
-            raise DataError(f"{path}:1: empty column name in header {header}")
-        if len(set(header)) != len(header):
-            raise DataError(f"{path}:1: duplicate column names in header {header}")
-        id_index = header.index(SERIES_ID) if SERIES_ID in header else None
-        channels = tuple(name for i, name in enumerate(header) if i != id_index)
-        if not channels:
-            raise DataError(f"{path}: no data columns (header: {header})")
-        groups: dict[str, list[list[float]]] = {}
-        for line, row in enumerate(reader, start=2):
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{line}: expected {len(header)} cells, found {len(row)}")
-            key = row[id_index].strip() if id_index is not None else ""
-            values = [
-                _parse_float(cell, path, line, header[i]) for i, cell in enumerate(row) if i != id_index
-            ]
-            groups.setdefault(key, []).append(values)
+        try:
+            for row in reader:  # bounded by the file
+                if row and any(cell.strip() for cell in row):
+                    records.append((reader.line_num, row))
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return records
+
+
+def _index_position(
+    header: list[str], rows: list[tuple[int, list[str]]], index_col: str | None, where: str
+) -> int | None:
+    """Which column is the index (see the module docstring), or None."""
+    if index_col is not None:
+        if index_col == SERIES_ID:
+            raise DataError(f"{where}: the index column cannot be {SERIES_ID!r}")
+        if index_col not in header:
+            raise DataError(f"{where}: no column {index_col!r} for the index (header: {header})")
+        return header.index(index_col)
+    candidates = [i for i, name in enumerate(header) if name != SERIES_ID]
+    if not candidates:
+        return None
+    first = candidates[0]
+    if header[first] == "":
+        return first
+    if len(candidates) < 2 or not rows:
+        return None
+    cells = [row[first] for _, row in rows if first < len(row)]
+    if all(cell.strip() and not _is_number(cell) for cell in cells):
+        return first
+    return None
+
+
+def _read_csv(path: Path, index_col: str | None) -> _FileData:
+    records = _read_records(path)
+    if not records:
+        raise DataError(f"{path}: the file is empty")
+    header_line, header = records[0][0], [name.strip() for name in records[0][1]]
+    rows = records[1:]
+    if len(set(header)) != len(header):
+        raise DataError(f"{path}:{header_line}: duplicate column names in header {header}")
+    index_at = _index_position(header, rows, index_col, f"{path}:{header_line}")
+    if any(not name for i, name in enumerate(header) if i != index_at):
+        raise DataError(f"{path}:{header_line}: empty column name in header {header}")
+    id_at = header.index(SERIES_ID) if SERIES_ID in header else None
+    data_at = [i for i in range(len(header)) if i not in (id_at, index_at)]
+    channels = tuple(header[i] for i in data_at)
+    if not channels:
+        raise DataError(f"{path}: no data columns (header: {header})")
+    groups: dict[str, list[list[float]]] = {}
+    labels: dict[str, list[str]] = {}
+    for line, row in rows:
+        if len(row) != len(header):
+            raise DataError(f"{path}:{line}: expected {len(header)} cells, found {len(row)}")
+        key = row[id_at].strip() if id_at is not None else ""
+        groups.setdefault(key, []).append([_parse_float(row[i], path, line, header[i]) for i in data_at])
+        if index_at is not None:
+            labels.setdefault(key, []).append(row[index_at])
     if not groups:
         raise DataError(f"{path}: no data rows")
-    return channels, [np.asarray(rows, dtype=np.float64).T.copy() for rows in groups.values()]
+    series = [np.asarray(values, dtype=np.float64).T.copy() for values in groups.values()]
+    if index_at is None:
+        return _FileData(channels, series)
+    return _FileData(channels, series, header[index_at], [tuple(labels[key]) for key in groups])
 
 
-def _read_numpy(path: Path) -> tuple[tuple[str, ...], list[np.ndarray]]:
+def _read_numpy(path: Path) -> _FileData:
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -110,34 +195,48 @@ def _read_numpy(path: Path) -> tuple[tuple[str, ...], list[np.ndarray]]:
     if bad.size:
         channel, step = bad[0]
         raise DataError(f"{path}: channel {names[channel]!r} step {step}: value is NaN or infinite")
-    return names, [matrix]
+    return _FileData(names, [matrix])
 
 
-def load_dataset(paths: list[Path], min_length: int) -> Dataset:
-    """Read every file, check channels agree and each series has ``min_length`` steps."""
+def load_dataset(paths: list[Path], min_length: int, *, index_col: str | None = None) -> Dataset:
+    """Read every file, check channels agree and each series has ``min_length`` steps.
+
+    ``index_col`` names the index column of every CSV file (None: detect it, see the
+    module docstring); NumPy files have no index.
+    """
     if not paths:
         raise DataError("no data files given")
     channels: tuple[str, ...] | None = None
     series: list[np.ndarray] = []
+    index: list[tuple[str, ...] | None] = []
+    index_name: str | None = None
     for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         suffix = path.suffix.lower()
-        if suffix in (".npy", ".npz"):
-            names, found = _read_numpy(path)
-        else:
-            names, found = _read_csv(path)
-        if channels is not None and names != channels:
-            raise DataError(f"{path}: channels {list(names)} differ from {list(channels)} in earlier files")
-        channels = names
-        for index, values in enumerate(found):
+        found = _read_numpy(path) if suffix in (".npy", ".npz") else _read_csv(path, index_col)
+        if channels is not None and found.channels != channels:
+            raise DataError(
+                f"{path}: channels {list(found.channels)} differ from {list(channels)} in earlier files"
+            )
+        channels = found.channels
+        for position, values in enumerate(found.series):
             if values.shape[1] < min_length:
                 raise DataError(
-                    f"{path}: series {index} has {values.shape[1]} steps; at least {min_length} are needed"
+                    f"{path}: series {position} has {values.shape[1]} steps; at least {min_length} are needed"
                 )
-        series.extend(found)
+        series.extend(found.series)
+        index.extend(found.index if found.index is not None else [None] * len(found.series))
+        if index_name is None:
+            index_name = found.index_name
     assert channels is not None
     description = (
         ", ".join(p.name for p in paths) + f" ({len(series)} series, {sum(s.shape[1] for s in series)} steps)"
     )
-    return Dataset(channels=channels, series=tuple(series), description=description)
+    return Dataset(
+        channels=channels,
+        series=tuple(series),
+        description=description,
+        index_name=index_name,
+        index=tuple(index) if index_name is not None else (),
+    )

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.batcher import BatcherClosedError, BatchFailedError, QueueFullError
-from app.drain import DrainMiddleware, DrainState
+from app.docs import SWAGGER_UI_PARAMETERS
+from app.drain import DrainMiddleware, DrainState, SignalDrain
 from app.intake import ClientDisconnectedError, ServerBusyError
 from app.metrics import RequestMetricsMiddleware, ServiceMetrics
 from app.responses import json_response
@@ -67,26 +69,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None, drain: DrainState | None = None) -> FastAPI:
-    """The app; ``drain`` is shared with ``DrainingServer`` so that SIGTERM starts a drain."""
+    """The app; its lifespan drains on SIGTERM under any uvicorn-based launcher (``SignalDrain``)."""
     settings = settings or Settings()
     drain = drain or DrainState()
     metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+
         service = SmoothingService(settings, metrics)  # loads and validates the weights
         await service.start()  # warm-up forward, then the batcher; ready from here
         app.state.service = service
         try:
-            yield
+            # Under any launcher that runs a uvicorn server, SIGTERM drains first (app/drain.py).
+            async with SignalDrain(drain, settings.drain_s):
+                yield
         finally:
             await service.stop()  # uvicorn stopped intake; finish what was accepted
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served by the app itself (no CDN).
+    app = FastAPIOffline(
         title="convewma-service",
         version=__version__,
         description="Exponential smoothing with learned per-channel alphas, micro-batched.",
         lifespan=lifespan,
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
     )
     app.state.settings = settings
     app.state.metrics = metrics

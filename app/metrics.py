@@ -1,4 +1,10 @@
-"""Prometheus metrics: one registry per app so that tests can build many apps."""
+"""Prometheus metrics: one registry per app so that tests can build many apps.
+
+Besides the service's own series, each registry has the standard ``process_*`` and
+``python_*`` collectors. No ``_created`` series are exported (they double the number of
+series for little use). Request labels are bounded: a path that is not a route and a
+method that is not a standard one are each counted as ``other``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,17 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 
 from app.batcher import BatchStats
 
@@ -14,6 +30,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 VALUE_BUCKETS = tuple(4**i for i in range(2, 13))
 FRACTION_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+REQUEST_LABELS = ("route", "method", "status")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -24,13 +42,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class ServiceMetrics:
     def __init__(self) -> None:
+        # A process-wide switch in prometheus_client, set where the registry is made.
+        disable_created_metrics()  # type: ignore[no-untyped-call,unused-ignore]  # untyped upstream
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("convewma_requests_total", "HTTP requests", ["route", "status"], registry=r)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.requests = Counter("convewma_requests_total", "HTTP requests", REQUEST_LABELS, registry=r)
         self.latency = Histogram(
             "convewma_request_duration_seconds",
             "HTTP request latency",
-            ["route", "status"],
+            REQUEST_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -75,7 +98,7 @@ class ServiceMetrics:
 
 
 class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by route and status (pure ASGI, no buffering)."""
+    """Counts and times every HTTP request by route, method and status (pure ASGI, no buffering)."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics, routes: frozenset[str]) -> None:
         self.app = app
@@ -88,6 +111,8 @@ class RequestMetricsMiddleware:
             return
         path = scope.get("path", "")
         route = path if path in self.routes else "other"  # bounded label values
+        method = scope.get("method", "")
+        method = method if method in METHODS else "other"
         status = 500
         started = time.perf_counter()
 
@@ -100,6 +125,6 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            labels = (route, str(status))
+            labels = (route, method, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

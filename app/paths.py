@@ -1,8 +1,15 @@
-"""Where the shipped files live: the repository (or image) root beside the package."""
+"""Where the shipped files live.
+
+The default weights are package data (``app/models/``), so every install finds them: a
+checkout, an editable install, a wheel or the container image.  ``PROJECT_ROOT`` is the
+directory above the package: the repository root in a checkout, where the training data
+(``models/data/``) and the model card live; an installed package has neither.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = PROJECT_ROOT / "models" / "convewma.safetensors"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+DEFAULT_WEIGHTS = PACKAGE_DIR / "models" / "convewma.safetensors"

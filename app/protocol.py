@@ -24,7 +24,7 @@ reset, which can destroy the answer before the client reads it (RFC 9112, 9.6). 
 
 Plain uvicorn. ``uvicorn app.main:app`` has none of this unless asked:
 ``uvicorn app.main:app --http app.protocol:HttpProtocol`` applies the same limits, read
-from the ``CONVEWMA_*`` variables (but not the drain on SIGTERM, nor the open-files
+from the ``CONVEWMA_*`` variables (the drain on SIGTERM is the app's own; not the open-files
 limit, which ``convewma serve`` raises to the hard limit; use ``ulimit -n``). uvicorn's
 own flags only approximate them: ``--timeout-keep-alive 10`` closes idle connections
 between requests, but not before the first one; ``--limit-concurrency 1000`` answers 503

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.batcher import BatcherClosedError
-from app.intake import BodyLimits, Deadline, read_body, until_disconnected
+from app.docs import SMOOTH_OK, smooth_request_body
+from app.intake import BodyLimits, Deadline, content_coding, read_body, until_disconnected
 from app.responses import json_response, smooth_response
 from app.schemas import (
     AlphasResponse,
@@ -23,11 +25,21 @@ JSON = "application/json"
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)
 }
+UNAVAILABLE: dict[int | str, dict[str, object]] = {503: {"description": "Service Unavailable"}}
 
 
 def service_of(request: Request) -> SmoothingService:
     service: SmoothingService = request.app.state.service
     return service
+
+
+def headers_only(request: Request, response: Response) -> Response:
+    """``response``, or for a HEAD request its status and headers alone (as for GET)."""
+    if request.method != "HEAD":
+        return response
+    head = Response(status_code=response.status_code)
+    head.raw_headers = response.raw_headers  # content-length and content-type of the GET
+    return head
 
 
 def declared_length(request: Request) -> int | None:
@@ -42,9 +54,12 @@ def declared_length(request: Request) -> int | None:
 @router.post(
     "/smooth",
     response_model=SmoothResponse,
-    responses=ERRORS,
-    openapi_extra={"requestBody": {"content": {JSON: {"schema": SmoothRequest.model_json_schema()}}}},
+    responses={200: SMOOTH_OK, **ERRORS},
+    openapi_extra=smooth_request_body(SmoothRequest.model_json_schema()),
     summary="Smooth series with the model's channels",
+    description="The body may be sent compressed (`Content-Encoding: gzip` or `deflate`); "
+    "the size limit applies to its decompressed bytes.",
+    operation_id="smooth",
 )
 async def smooth(request: Request) -> Response:
     service = service_of(request)
@@ -54,13 +69,14 @@ async def smooth(request: Request) -> Response:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != JSON:
         raise RequestError(415, f"content-type must be {JSON}, got {excerpt(media_type) or 'none'}")
+    coding = content_coding(request.headers.get("content-encoding"))
     # A refusal here leaves the body unread: uvicorn drops the rest of it as it arrives
     # (in its parser, at no cost to the app) and keeps the connection, so the client reads
     # a 503 rather than a reset, and a shed request costs next to nothing.
     ticket = service.admit()
     try:
         body = await read_body(
-            request.receive, declared_length(request), limits, ticket.reservation, deadline
+            request.receive, declared_length(request), limits, ticket.reservation, deadline, coding
         )
         # Checked after the body is read: closing a socket with unread input resets it, and
         # the client would see a reset instead of this 503.
@@ -73,7 +89,9 @@ async def smooth(request: Request) -> Response:
         raise
 
 
-@router.get("/alphas", response_model=AlphasResponse, summary="Smoothing factors in use")
+@router.get(
+    "/alphas", response_model=AlphasResponse, summary="Smoothing factors in use", operation_id="alphas"
+)
 async def alphas(request: Request) -> Response:
     service = service_of(request)
     return json_response(
@@ -88,13 +106,25 @@ async def alphas(request: Request) -> Response:
     )
 
 
-@router.get("/healthz", summary="Liveness")
-async def healthz() -> Response:
-    return json_response({"status": "ok"})
+# Probes and scrapes also answer HEAD, as GET without the body.
+@router.get("/healthz", summary="Liveness", operation_id="healthz")
+@router.head("/healthz", include_in_schema=False)
+async def healthz(request: Request) -> Response:
+    return headers_only(request, json_response({"status": "ok"}))
 
 
-@router.get("/readyz", summary="Readiness: 200 once the model is loaded and warm", responses={503: {}})
+@router.get(
+    "/readyz",
+    summary="Readiness: 200 once the model is loaded and warm",
+    responses=UNAVAILABLE,
+    operation_id="readyz",
+)
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
+    return headers_only(request, readiness(request))
+
+
+def readiness(request: Request) -> Response:
     service: SmoothingService | None = getattr(request.app.state, "service", None)
     if request.app.state.drain.active:
         return json_response({"status": "draining"}, status=503)
@@ -103,7 +133,10 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready", "model_version": service.model_version})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, operation_id="metrics"
+)
+@router.head("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     service: SmoothingService | None = getattr(request.app.state, "service", None)
     registry = request.app.state.metrics
@@ -113,4 +146,4 @@ async def metrics(request: Request) -> Response:
         registry.in_flight.set(service.batcher.in_flight)
         registry.inflight_bytes.set(service.budget.used)
         registry.in_progress.set(service.in_progress)
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+    return headers_only(request, Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST))

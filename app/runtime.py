@@ -20,16 +20,10 @@ def tune_allocator() -> bool:
     This is the same idea as running PyTorch with jemalloc or tcmalloc.  Returns
     whether the settings took effect (glibc on Linux only).
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-    except (OSError, AttributeError):
-        return False
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def release_free_memory() -> bool:
@@ -39,12 +33,21 @@ def release_free_memory() -> bool:
     reuses mapped pages; without a trim, the process would keep its peak size forever
     after a burst. The service calls this once it is idle again.
     """
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc on Linux (``mallopt`` and ``malloc_trim`` exist)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
-        return bool(ctypes.CDLL(name).malloc_trim(0))
+        libc = ctypes.CDLL(name)
+        libc.mallopt  # noqa: B018 - raises AttributeError on a C library without it
+        libc.malloc_trim  # noqa: B018
     except (OSError, AttributeError):
-        return False
+        return None
+    return libc

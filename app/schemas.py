@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from app.ewma import WARMUP_MODES
+from app.ewma import WARMUP_MODES, Warmup
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -95,7 +95,9 @@ def _series_array(values: Any, index: int, limits: RequestLimits) -> np.ndarray:
     if not np.all(magnitude <= FLOAT32_MAX):
         position = int(np.argmax(~(magnitude <= FLOAT32_MAX)))
         raise RequestError(
-            422, f"{where}[{position}] = {values[position]!r} is not finite or is outside the float32 range"
+            422,
+            f"{where}[{position}] = {excerpt(repr(values[position]))} is not finite "
+            "or is outside the float32 range",
         )
     return array.astype(np.float32)
 
@@ -140,7 +142,9 @@ def _channels(requested: Any, names: tuple[str, ...]) -> list[int]:
             chosen.append(item)
         else:
             raise RequestError(
-                422, f"channels[{position}] = {item!r} is not one of {list(names)} or 0..{len(names) - 1}"
+                422,
+                f"channels[{position}] = {excerpt(repr(item))} is not one of {list(names)} "
+                f"or 0..{len(names) - 1}",
             )
     return chosen
 
@@ -149,48 +153,48 @@ def _warmup(value: Any) -> str | None:
     if value is None:
         return None
     if value not in WARMUP_MODES:
-        raise RequestError(422, f"'warmup' must be one of {list(WARMUP_MODES)}, got {value!r}")
+        raise RequestError(422, f"'warmup' must be one of {list(WARMUP_MODES)}, got {excerpt(repr(value))}")
     return str(value)
 
 
 class SmoothRequest(BaseModel):
-    """Body of ``POST /smooth`` (documentation; parsing is done by ``parse_smooth_request``)."""
+    """Series to smooth, and optionally which channels and which warm-up."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"series": [[1.0, 2.0, 3.0, 2.5], [10, 12, 11]], "channels": ["infl", 3]}]
-        }
+    series: list[list[float]] = Field(
+        description="one or more non-empty series of finite numbers (float32 range)"
     )
-    series: list[list[float]] = Field(description="one or more non-empty series of finite numbers")
-    channels: list[str | int] | None = Field(None, description="channel names or indices; default all")
-    warmup: str | None = Field(None, description="'zeros' or 'adjust'; default the model's")
+    channels: list[str | int] | None = Field(
+        None,
+        description="channels by name or index (see GET /alphas), each at most once; default all, "
+        "in the model's order",
+    )
+    warmup: Warmup | None = Field(
+        None,
+        description="zeros: values before the start count as zero; adjust: the weights are "
+        "renormalised over the values seen so far (pandas' ewm adjust=True); default the model's "
+        "(GET /alphas)",
+    )
 
 
 class SmoothResponse(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "smoothed": [[[0.38, 0.99, 1.76, 2.04]], [[3.84, 7.04, 8.57]]],
-                    "channels": ["infl"],
-                    "alphas": [0.384],
-                    "model_version": "sha256:a863fb4361bc...",
-                }
-            ]
-        }
+    """The smoothed series (float32 values), with the channels and alphas that made them."""
+
+    smoothed: list[list[list[float]]] = Field(
+        description="smoothed[i][j]: series i smoothed by channels[j], as long as series i"
     )
-    smoothed: list[list[list[float]]] = Field(description="smoothed[i][j]: series i by channels[j]")
-    channels: list[str]
-    alphas: list[float]
-    model_version: str
+    channels: list[str] = Field(description="the channels used, in the order asked")
+    alphas: list[float] = Field(description="the smoothing factor of each of those channels")
+    model_version: str = Field(description="sha256 of the weights file")
 
 
 class AlphasResponse(BaseModel):
+    """The model in use."""
+
     alphas: list[float]
     channels: list[str]
     kernel_size: int
     normalize: bool
-    warmup: str
+    warmup: Warmup
     model_version: str
 
 

@@ -82,6 +82,11 @@ class SmoothingService:
         self.ready = False
         if settings.tune_allocator:
             tune_allocator()
+        if settings.torch_threads:
+            # Before the first forward: each thread (the batcher's too) takes this setting
+            # at its first parallel op. The forward shares the cores with the event loop
+            # and the codec thread (benchmarks/results/threads-cpu.md).
+            torch.set_num_threads(settings.torch_threads)
         self.budget = MemoryBudget(settings.max_inflight_bytes)
         self.in_progress = 0
         self.standing_queue = StandingQueue()

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
         5.0, ge=0.0, le=300.0, description="on SIGTERM, answer 503 for up to this long before closing"
     )
     tune_allocator: bool = Field(True, description="reuse freed pages for large tensors (glibc)")
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        le=1024,
+        description="torch intra-op threads for the forward (0: torch's default, one per core); "
+        "1 leaves the other cores to the event loop and the codec (benchmarks/results/threads-cpu.md)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from app.weights import load_weights
 
-loaded = load_weights(os.environ.get("CONVEWMA_WEIGHTS", "models/convewma.safetensors"))
+loaded = load_weights(os.environ.get("CONVEWMA_WEIGHTS", "app/models/convewma.safetensors"))
 model = loaded.model.eval()
 with torch.no_grad():
     kernel = model.kernel().flip(-1).unsqueeze(1).float()  # (C, 1, K), oldest tap first

@@ -13,7 +13,7 @@ import numpy as np
 from safetensors import safe_open
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_WEIGHTS = REPO_ROOT / "models" / "convewma.safetensors"
+SHIPPED_WEIGHTS = REPO_ROOT / "app" / "models" / "convewma.safetensors"  # package data
 MODEL_CARD = REPO_ROOT / "models" / "README.md"
 
 

@@ -96,7 +96,7 @@ async def test_health_ready_metrics_docs(client):
     await post(client, {"series": [[1.0, 2.0]]})
     text = (await client.get("/metrics")).text
     for name in (
-        'convewma_requests_total{route="/smooth",status="200"}',
+        'convewma_requests_total{method="POST",route="/smooth",status="200"}',
         "convewma_request_duration_seconds_bucket",
         "convewma_queue_wait_seconds_count",
         "convewma_batch_series_count",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -11,9 +12,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
+from app.cli import build_parser
 from app.paths import DEFAULT_WEIGHTS, PROJECT_ROOT
 from app.weights import load_weights
 from tests.reference import REPO_ROOT, SHIPPED_WEIGHTS, bank_reference, read_weights_file
@@ -167,8 +170,9 @@ def test_smooth_writes_every_cell_of_the_reference(tmp_path, model, warmup):
                 f"{float(actual[step, column])!r}, expected {float(expected[step, column])!r}"
             )
 
-    # The summary line (wrapped by rich) prints each alpha to 4 decimals.
-    summary = " ".join(result.stderr.split()).split("alphas: ")[1]
+    # The summary line, one line however long, prints each alpha to 4 decimals.
+    (summary_line,) = [line for line in result.stderr.splitlines() if "alphas: " in line]
+    summary = summary_line.split("alphas: ")[1]
     shown = re.findall(r"(\w+)=(\d\.\d{4})", summary)
     assert [name for name, _ in shown] == list(reference.channels)
     np.testing.assert_allclose([float(v) for _, v in shown], reference.alphas, rtol=0, atol=5e-5)
@@ -218,3 +222,207 @@ def test_no_arguments_prints_usage():
 def test_module_and_default_paths_exist():
     assert Path(DEFAULT_WEIGHTS).is_file()
     assert SHIPPED_DATA.is_file()
+
+
+# --- one-line errors, closed pipes, help, version -------------------------------------
+
+# A folder name long enough that any message naming it is wider than 80 columns, the
+# width rich assumes when stderr is not a terminal.
+LONG = "a-folder-name-long-enough-that-an-error-naming-it-is-wider-than-eighty-columns"
+
+
+def _one_line_cases() -> list[tuple[str, list[str], dict[str, str], str]]:
+    cases = [
+        ("smooth: data file missing", ["smooth", "--data", f"/{LONG}/d.csv"], {}, "file not found"),
+        (
+            "smooth: --out folder missing",
+            ["smooth", "--data", str(SHIPPED_DATA), "--out", f"/{LONG}/out.csv"],
+            {},
+            f"--out /{LONG}/out.csv: the folder /{LONG} does not exist",
+        ),
+        (
+            "train: --out folder missing",
+            ["train", "--data", str(SHIPPED_DATA), "--out", f"/{LONG}/w.safetensors"],
+            {},
+            f"the folder /{LONG} does not exist",
+        ),
+        (
+            "smooth: --out is a folder",
+            ["smooth", "--data", str(SHIPPED_DATA), "--out", "/"],
+            {},
+            "is a folder, not a file name",
+        ),
+        (
+            "serve: weights missing",
+            ["serve", "--weights", f"/{LONG}/w.safetensors"],
+            {},
+            "weights file not found",
+        ),
+        ("serve: bad setting", ["serve"], {"CONVEWMA_MAX_BATCH_SIZE": "0"}, "invalid settings"),
+        ("serve: not a device", ["serve", "--device", "cudax"], {}, "'cudax' is not a device"),
+        # No machine has 100 GPUs: refused with or without CUDA, before uvicorn starts.
+        (
+            "serve: no such GPU",
+            ["serve", "--device", "cuda:99"],
+            {},
+            "invalid settings: device: 'cuda:99' but",
+        ),
+    ]
+    import torch
+
+    if not torch.cuda.is_available():
+        cases.append(
+            ("serve: no CUDA", ["serve", "--device", "cuda"], {}, "invalid settings: device: 'cuda'")
+        )
+        cases.append(("serve: no CUDA (env)", ["serve"], {"CONVEWMA_DEVICE": "cuda"}, "device: 'cuda'"))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [case[1:] for case in _one_line_cases()],
+    ids=[case[0] for case in _one_line_cases()],
+)
+def test_errors_are_one_unwrapped_line_and_exit_2(args, env, message):
+    result = convewma(*args, env={"COLUMNS": "80", **env})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"convewma {args[0]}: error: ")
+    assert message in lines[0]
+    assert result.stdout == ""
+
+
+def big_csv(path: Path, rows: int, series: int) -> Path:
+    """Enough rows that the output (about 80 bytes a row) overflows any pipe buffer."""
+    rng = np.random.default_rng(3)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["series_id", "a", "b"])
+        for step, (a, b) in enumerate(rng.normal(size=(rows, 2)).round(3).tolist()):
+            writer.writerow([step % series, a, b])
+    return path
+
+
+@pytest.mark.parametrize(("series", "lines_read"), [(1, 1), (1, 0), (500, 3)])
+def test_a_closed_stdout_ends_quietly_with_status_0(tmp_path, series, lines_read):
+    """`convewma smooth ... | head -n N`: no "Broken pipe", no traceback, exit status 0."""
+    data = big_csv(tmp_path / "big.csv", rows=60_000, series=series)  # about 5 MB of output
+    with subprocess.Popen(
+        [sys.executable, "-m", "app", "smooth", "--data", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        head = [process.stdout.readline() for _ in range(lines_read)]
+        process.stdout.close()  # what `head` does once it has its lines
+        stderr = process.stderr.read()
+        status = process.wait(timeout=120)
+    assert status == 0, stderr
+    assert [line.split(",")[0] for line in head] == ["series", "0", "0"][:lines_read]
+    (summary,) = stderr.splitlines()  # nothing but the summary line
+    assert "alphas: " in summary
+
+
+def test_version_is_the_projects():
+    import tomllib
+
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = convewma("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"convewma {version} (torch ")
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+@pytest.mark.parametrize("command", ["", "train", "smooth", "serve"])
+def test_every_option_says_its_default_or_that_it_is_required(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a long default path
+    parser = _subcommands()[command] if command else build_parser()
+    formatter = parser._get_formatter()
+    options = [a for a in parser._actions if a.option_strings and a.default is not argparse.SUPPRESS]
+    if command:
+        assert options
+    for action in options:
+        text = formatter._get_help_string(action) or ""
+        assert "(default: " in text or text.endswith("(required)"), (action.option_strings, text)
+    # As printed: every non-required default appears in the help.
+    printed = " ".join(parser.format_help().split())
+    for action in options:
+        if not action.required and action.default is not None:
+            assert f"(default: {action.default})" in printed, action.option_strings
+
+
+@pytest.mark.parametrize(
+    ("option", "field"),
+    [("--host", "host"), ("--port", "port"), ("--weights", "weights"), ("--device", "device")],
+)
+def test_serve_help_states_the_settings_defaults(option, field):
+    from app.settings import Settings
+
+    (action,) = [a for a in _subcommands()["serve"]._actions if option in a.option_strings]
+    assert f"$CONVEWMA_{field.upper()}, else {Settings.model_fields[field].default})" in (action.help or "")
+
+
+# --- index columns: CSV as pandas writes it ---------------------------------------------
+
+
+def _pandas_frames() -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """Frames to write with to_csv, and the extra arguments that `smooth` needs for them."""
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(40, 2)).round(4)
+    plain = pd.DataFrame(values, columns=["a", "b"])
+    dated = plain.set_index(pd.date_range("2024-01-01", periods=40, freq="h", tz="UTC").rename("time"))
+    epoch = plain.set_index(pd.Index(np.arange(40) * 60 + 1_700_000_000, name="t"))
+    multi = plain.assign(
+        series_id=np.repeat(["x", "y"], 20), date=np.tile(pd.date_range("2024-01-01", periods=20), 2)
+    )
+    return {
+        "unnamed RangeIndex": (plain, []),
+        "timestamp index": (dated, []),
+        "numeric index named by --index-col": (epoch, ["--index-col", "t"]),
+        "series_id and date index": (multi.set_index(["series_id", "date"]), []),
+    }
+
+
+@pytest.mark.parametrize("case", list(_pandas_frames()))
+def test_smooth_keeps_the_index_column_of_a_pandas_csv(tmp_path, case):
+    frame, extra = _pandas_frames()[case]
+    indexed, bare = tmp_path / "indexed.csv", tmp_path / "bare.csv"
+    frame.to_csv(indexed)
+    no_index = frame.reset_index()
+    no_index = no_index.drop(columns=[c for c in no_index.columns if c not in ("series_id", "a", "b")])
+    no_index.to_csv(bare, index=False)
+
+    result = convewma("smooth", "--data", str(indexed), *extra)
+    plain = convewma("smooth", "--data", str(bare))
+    assert result.returncode == 0, result.stderr
+    assert plain.returncode == 0, plain.stderr
+    rows = list(csv.reader(result.stdout.splitlines()))
+    plain_rows = list(csv.reader(plain.stdout.splitlines()))
+    index_name = frame.index.names[-1] or ""
+    assert rows[0] == [index_name, *plain_rows[0]]
+    # The smoothed values equal those of the same data without an index column.
+    assert [row[1:] for row in rows] == plain_rows
+    # The index cells are the file's, row for row (grouped by series_id when there is one).
+    written = list(csv.reader(indexed.read_text().splitlines()))[1:]
+    if "series_id" in frame.index.names:
+        written.sort(key=lambda row: row[0])  # stable: time order within each series
+    position = list(frame.index.names).index(frame.index.names[-1])
+    assert [row[0] for row in rows[1:]] == [row[position] for row in written]
+
+
+def test_smooth_names_the_empty_cell_of_a_pandas_csv(tmp_path):
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [1.0, np.nan, 3.0]})
+    data = tmp_path / "gaps.csv"
+    frame.to_csv(data)
+    result = convewma("smooth", "--data", str(data))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"convewma smooth: error: {data}:3: column 'b': empty cell (missing values are not supported yet)"
+    )

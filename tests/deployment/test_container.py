@@ -64,7 +64,6 @@ def image(podman_env: dict[str, str]) -> str:
         build += ["-v", f"{WHEELS}:/wheels:ro", "--build-arg", "TORCH_INDEX_URL="]
         build += ["--build-arg", "PIP_EXTRA_ARGS=--find-links /wheels"]
     run(podman_env, *build, str(ROOT), timeout=1800)
-    run(podman_env, "podman", "tag", IMAGE, "convewma:latest")  # the compose file's image
     return IMAGE
 
 
@@ -151,7 +150,7 @@ def test_container_serves_and_stops_cleanly_under_load(podman_env, container):
 @pytest.fixture
 def compose(podman_env, image) -> Iterator[str]:
     port = free_port()
-    env = {**podman_env, "CONVEWMA_LB_PORT": str(port)}
+    env = {**podman_env, "CONVEWMA_LB_PORT": str(port), "IMAGE": image}  # the compose file's ${IMAGE}
     command = ["podman-compose", "-f", str(ROOT / "docker" / "compose.yaml")]
     run(env, *command, "down", check=False)
     run(env, *command, "up", "-d", "--no-build", timeout=300)

@@ -1,18 +1,25 @@
 """Offline checks of the deployment files: Kubernetes manifests, compose file, Dockerfile.
 
-No cluster is reachable from CI, so the manifests are parsed and their required fields
-and cross-references checked here; the ConfigMap's settings go through the real
-``Settings`` class, so a typo or an invalid value fails here and not at start-up.
+No cluster is reachable from CI, so every manifest is validated against Kubernetes' own
+OpenAPI schemas (``kubernetes-validate``, which ships them: no network), strictly, so an
+unknown or misspelt field fails too; on top of that, what a schema cannot know is
+cross-checked here: probes against the service's routes, the grace period against the
+drain, selectors against labels, memory against the limit, and the ConfigMap's settings
+through the real ``Settings`` class, so a typo or an invalid value fails here and not at
+start-up. The image tag is checked to be the same in every file that names it.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -23,6 +30,20 @@ from app.weights import load_weights
 pytestmark = pytest.mark.deployment
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "docker" / "k8s"
+# The oldest Kubernetes the manifests support (autoscaling/v2 and policy/v1 are GA since
+# 1.23 and 1.21; 1.25 is the oldest schema kubernetes-validate ships) and the newest it ships.
+KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+IMAGE = f"convewma:{VERSION}"  # README: IMAGE=convewma:<version>
+CUDA_IMAGE = f"convewma-cuda:{VERSION}"
+MANIFESTS = [
+    ("configmap.yaml", "ConfigMap", "v1"),
+    ("deployment.yaml", "Deployment", "apps/v1"),
+    ("deployment-gpu.yaml", "Deployment", "apps/v1"),
+    ("service.yaml", "Service", "v1"),
+    ("hpa.yaml", "HorizontalPodAutoscaler", "autoscaling/v2"),
+    ("pdb.yaml", "PodDisruptionBudget", "policy/v1"),
+]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -42,22 +63,53 @@ def settings_of(container: dict[str, Any]) -> Settings:
     return Settings(**fields)
 
 
+def kustomized(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with the kustomization's ``images:`` applied, as ``kubectl apply -k`` does."""
+    images = {entry["name"]: entry for entry in load("kustomization.yaml")["images"]}
+    document = copy.deepcopy(document)
+    if document["kind"] == "Deployment":
+        for container in containers(document):
+            name = container["image"].rpartition(":")[0] or container["image"]
+            if name in images:
+                entry = images[name]
+                container["image"] = f"{entry.get('newName', name)}:{entry['newTag']}"
+    return document
+
+
+def cpu_cores(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize(("name", "kind", "api"), MANIFESTS)
+def test_every_manifest_matches_the_kubernetes_schema(name, kind, api, version):
+    document = load(name)
+    assert (document["kind"], document["apiVersion"]) == (kind, api)
+    # Strict: fields the schema does not know are errors too (a misspelt field is
+    # otherwise silently dropped by the API server).
+    kubernetes_validate.validate(document, version, strict=True)
+    kubernetes_validate.validate(kustomized(document), version, strict=True)
+    # DNS-1123 label: what Services and Deployments need, and no schema checks.
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", document["metadata"]["name"])
+
+
 @pytest.mark.parametrize(
-    ("name", "kind", "api"),
+    ("path", "value", "error"),
     [
-        ("configmap.yaml", "ConfigMap", "v1"),
-        ("deployment.yaml", "Deployment", "apps/v1"),
-        ("deployment-gpu.yaml", "Deployment", "apps/v1"),
-        ("service.yaml", "Service", "v1"),
-        ("hpa.yaml", "HorizontalPodAutoscaler", "autoscaling/v2"),
-        ("pdb.yaml", "PodDisruptionBudget", "policy/v1"),
+        (("spec", "replicas"), "2", "is not of type 'integer'"),
+        (("spec", "template", "spec", "terminationGracePeriodSecond"), 45, "was unexpected"),
+        (("spec", "template", "spec", "containers", 0, "ports", 0, "containerPort"), "http", "not of type"),
     ],
 )
-def test_every_manifest_parses_with_kind_api_and_name(name, kind, api):
-    document = load(name)
-    assert document["kind"] == kind
-    assert document["apiVersion"] == api
-    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", document["metadata"]["name"])
+def test_the_schema_check_catches_mistakes(path, value, error):
+    # The validation above is only worth something if it fails on a broken manifest.
+    document = load("deployment.yaml")
+    parent = document
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    with pytest.raises(kubernetes_validate.ValidationError, match=re.escape(error)):
+        kubernetes_validate.validate(document, KUBERNETES_VERSIONS[-1], strict=True)
 
 
 def test_kustomization_lists_the_cpu_stack():
@@ -118,6 +170,14 @@ def test_service_hpa_and_pdb_point_at_the_deployment():
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
 
 
+def test_torch_threads_fit_the_cpu_limit():
+    # 0 (torch's default) would start one thread per core of the node, not of the pod:
+    # on a large node, dozens of threads throttled to the CPU limit.
+    (container,) = containers(load("deployment.yaml"))
+    threads = settings_of(container).torch_threads
+    assert 1 <= threads <= cpu_cores(container["resources"]["limits"]["cpu"])
+
+
 def test_configmap_holds_valid_settings_only():
     data = load("configmap.yaml")["data"]
     assert all(name.startswith("CONVEWMA_") and isinstance(value, str) for name, value in data.items())
@@ -175,3 +235,40 @@ def test_compose_replicas_match_the_nginx_upstreams():
         env = replica["environment"]
         needed = float(env["CONVEWMA_DRAIN_S"]) + float(env["CONVEWMA_REQUEST_TIMEOUT_S"])
         assert float(replica["stop_grace_period"].removesuffix("s")) >= needed
+
+
+def test_the_image_tag_is_the_same_everywhere():
+    # pyproject's version is the tag: the Dockerfile's VERSION label, compose's ${IMAGE}
+    # default, the kustomization's images: and the manifests' own image fields.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.findall(r"^ARG VERSION=(\S+)$", dockerfile, flags=re.MULTILINE) == [VERSION]
+    assert 'org.opencontainers.image.version="${VERSION}"' in dockerfile
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    replicas = [s for name, s in compose["services"].items() if name.startswith("convewma-")]
+    assert replicas
+    for replica in replicas:
+        assert replica["image"] == f"${{IMAGE:-{IMAGE}}}"
+        assert replica["build"]["dockerfile"] == "Dockerfile"  # `compose build` tags $IMAGE
+    images = {entry["name"]: entry for entry in load("kustomization.yaml")["images"]}
+    assert images == {
+        "convewma": {"name": "convewma", "newTag": VERSION},
+        "convewma-cuda": {"name": "convewma-cuda", "newTag": VERSION},
+    }
+    for name, image in [("deployment.yaml", IMAGE), ("deployment-gpu.yaml", CUDA_IMAGE)]:
+        (container,) = containers(load(name))
+        assert container["image"] == image, name
+        (container,) = containers(kustomized(load(name)))
+        assert container["image"] == image, name
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docker/README.md", "Dockerfile"])
+def test_the_docs_build_and_run_the_same_image(doc):
+    text = (ROOT / doc).read_text()
+    if doc == "README.md":
+        assert f"IMAGE={IMAGE}" in text  # the variable its commands use
+    # Every image a command tags is $IMAGE or carries the version; no bare `-t convewma`.
+    for tag in re.findall(r"(?<![\w-])-t\s+(\S+)", text):
+        assert tag.strip('"') == "$IMAGE" or tag.endswith(f":{VERSION}"), f"{doc}: -t {tag}"
+    # Every image named with a tag carries the version.
+    for name, tag in re.findall(r"\b(convewma(?:-cuda)?):([\w.-]+)", text):
+        assert tag == VERSION, f"{doc}: {name}:{tag}"

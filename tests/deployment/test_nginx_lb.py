@@ -126,7 +126,9 @@ def smooth_count(base: str) -> float:
             return sum(
                 s.value
                 for s in family.samples
-                if s.name == "convewma_requests_total" and s.labels == {"route": "/smooth", "status": "200"}
+                if s.name == "convewma_requests_total"
+                and s.labels.get("route") == "/smooth"
+                and s.labels.get("status") == "200"  # any method: POST
             )
     return 0.0
 
