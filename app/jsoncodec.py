@@ -1,6 +1,6 @@
 """``POST /smooth`` bodies in and responses out, without holding the GIL for long.
 
-``parse_smooth_body`` accepts what ``app.schemas.parse_smooth_request`` accepts, to the
+``parse_smooth_body`` accepts what the first parser (``tests/json_oracle.py``) accepts, to the
 same float32 values, but is meant to run in a worker thread while the event loop keeps
 answering: NumPy finds the series (``app.jsonscan``), orjson parses the small rest, and
 simdjson parses each series straight into a float64 buffer (no Python object per
@@ -294,7 +294,7 @@ class _Shown(reprlib.Repr):
 
 
 def parse_smooth_body(body: bytes, limits: RequestLimits, channel_names: tuple[str, ...]) -> SmoothJob:
-    """Validate a ``/smooth`` body completely, as ``parse_smooth_request`` does, in short GIL holds.
+    """Validate a ``/smooth`` body completely, as the first parser did, in short GIL holds.
 
     The series counts and lengths, channels and warmup are checked before any series
     number is parsed, so an oversized request is refused without reading its numbers.

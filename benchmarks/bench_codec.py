@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.jsoncodec import encode_smooth_response, parse_smooth_body  # noqa: E402
-from app.schemas import RequestLimits, parse_smooth_request  # noqa: E402
+from app.schemas import RequestLimits  # noqa: E402
+from tests.json_oracle import parse_smooth_request  # noqa: E402
 
 SHAPES = ["16x1024", "64x4096", "640x10000"]
 CODECS = ["parse-old", "parse-new", "encode-old", "encode-new"]

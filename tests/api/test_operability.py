@@ -5,7 +5,6 @@ and OpenAPI examples that are the shipped model's real answers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import importlib
 import json
@@ -22,7 +21,6 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -42,12 +40,11 @@ from app.intake import (
 from app.main import ROUTES, create_app
 from app.metrics import METHODS
 from app.schemas import RequestError
-from app.settings import Settings
-from tests.reference import SHIPPED_WEIGHTS
+from tests.api.test_contract import serving, settings
 
 pytestmark = pytest.mark.anyio
 
-BASE = "http://test"
+BASE = "http://test"  # the base URL of tests.api.test_contract.serving
 JSON = {"content-type": "application/json"}
 MAX_BODY_BYTES = 200_000
 SERIES = {"series": [[1.0, 2.0, 3.0, 2.5], [10, 12, 11]], "channels": ["infl", 3]}
@@ -56,27 +53,6 @@ SERIES = {"series": [[1.0, 2.0, 3.0, 2.5], [10, 12, 11]], "channels": ["infl", 3
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def settings(**overrides: object) -> Settings:
-    base: dict[str, object] = {
-        "weights": SHIPPED_WEIGHTS,
-        "device": "cpu",
-        "max_series": 8,
-        "max_length": 5000,
-        "max_body_bytes": MAX_BODY_BYTES,
-    }
-    return Settings(**{**base, **overrides})  # type: ignore[arg-type]
-
-
-@contextlib.asynccontextmanager
-async def serving(**overrides: object) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The app with its lifespan; an unhandled error comes back as a 500, not raised here."""
-    app = create_app(settings(**overrides))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE, timeout=30) as http:
-            yield app, http
 
 
 def gzipped(data: bytes) -> bytes:

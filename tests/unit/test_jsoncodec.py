@@ -15,7 +15,8 @@ import app.jsoncodec as jsoncodec
 from app.ewma import WARMUP_MODES
 from app.jsoncodec import count_values_upper_bound, encode_smooth_response, parse_smooth_body
 from app.jsonscan import find_spans
-from app.schemas import RequestError, RequestLimits, SmoothJob, parse_smooth_request
+from app.schemas import RequestError, RequestLimits, SmoothJob
+from tests.json_oracle import parse_smooth_request
 
 NAMES = ("fast", "mid", 'a"[b]', "é{x},\\")
 LIMITS = RequestLimits(max_series=8, max_length=64)
