@@ -195,13 +195,17 @@ async def read_body(
     return body
 
 
-def _reserve(reservation: Reservation, amount: int, body_bytes: int) -> None:
+def reserve(reservation: Reservation, amount: int, too_big: str) -> None:
+    """Hold ``amount`` bytes: 413 with ``too_big`` if it could never fit, 503 if not now."""
     if not reservation.fits_alone(amount):
-        raise RequestError(
-            413, f"a body of {body_bytes} bytes cannot fit in the server's memory budget for requests"
-        )
+        raise RequestError(413, too_big)
     if not reservation.resize(amount):
         raise ServerBusyError("the memory budget for requests in flight is full")
+
+
+def _reserve(reservation: Reservation, amount: int, body_bytes: int) -> None:
+    too_big = f"a body of {body_bytes} bytes cannot fit in the server's memory budget for requests"
+    reserve(reservation, amount, too_big)
 
 
 async def until_disconnected(receive: Receive, work: Awaitable[T]) -> T:

@@ -18,7 +18,7 @@ import torch
 from app.admission import StandingQueue
 from app.batcher import BatchLimits, MicroBatcher
 from app.budget import MemoryBudget, Reservation, parse_bytes, result_bytes
-from app.intake import Deadline, ServerBusyError
+from app.intake import Deadline, ServerBusyError, reserve
 from app.jsoncodec import count_values_upper_bound, parse_smooth_body
 from app.metrics import ServiceMetrics
 from app.runtime import release_free_memory, tune_allocator
@@ -91,7 +91,6 @@ class SmoothingService:
         self.in_progress = 0
         self.standing_queue = StandingQueue()
         self._trim: asyncio.TimerHandle | None = None
-        self.codec_closed = False
         self._switch_interval = sys.getswitchinterval()
         # Parsing and encoding run here, off the event loop; each call they make holds
         # the GIL only briefly (app/jsoncodec.py), so probes keep answering. One thread:
@@ -140,7 +139,6 @@ class SmoothingService:
     async def start(self) -> None:
         # The event loop needs the GIL for every socket read; with the codec thread
         # holding it, it waits up to a whole switch interval each time (5 ms by default).
-        self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.warm_up()
         await self.batcher.start()
@@ -154,7 +152,6 @@ class SmoothingService:
         await self.batcher.stop()
         if self._trim is not None:
             self._trim.cancel()
-        self.codec_closed = True
         self.codec.shutdown()
         sys.setswitchinterval(self._switch_interval)
 
@@ -181,47 +178,42 @@ class SmoothingService:
     def _trim_if_idle(self) -> None:
         # After a burst the heap holds its peak; give it back once nothing is in flight.
         self._trim = None
-        if self.in_progress == 0 and not self.codec_closed:
+        if self.in_progress == 0 and not self.codec.closed:
             self.codec.submit(math.inf, release_free_memory)
 
-    async def run_codec(self, deadline: Deadline, fn: Callable[..., T], *args: object) -> T:
-        """``fn(*args)`` in the codec thread, the oldest request first; waits at most
-        until ``deadline``."""
+    async def codec_call(
+        self, deadline: Deadline, fn: Callable[..., T], *args: object, inline: bool = False
+    ) -> T:
+        """``fn(*args)`` in the codec thread, the oldest request first, waiting at most until
+        ``deadline``; on the event loop itself when ``inline`` (small work: a thread hop
+        would cost more)."""
+        if inline:
+            return fn(*args)
+        timeout = deadline.check()
         future = asyncio.wrap_future(self.codec.submit(deadline.started, fn, *args))
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except (asyncio.CancelledError, TimeoutError):
             # A thread cannot be stopped: the request's memory stays counted (its ticket
             # open) until the call it started has returned; a parse ends within a second.
             with contextlib.suppress(BaseException):
                 await future
             raise
 
-    async def codec_call(self, deadline: Deadline, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.wait_for(self.run_codec(deadline, fn, *args), deadline.check())
-
     async def smooth(self, body: bytes, reservation: Reservation, deadline: Deadline) -> SmoothResult:
         """Parse, admit, batch, select and check one request; the caller encodes the result."""
         channels = len(self.channels)
         inline = len(body) <= INLINE_BYTES
-        if inline:
-            values_bound = count_values_upper_bound(body)
-        else:  # about 0.4 ms per MiB: off the loop too
-            values_bound = await self.codec_call(deadline, count_values_upper_bound, body)
+        # About 0.4 ms per MiB: off the loop too, unless the body is small.
+        values_bound = await self.codec_call(deadline, count_values_upper_bound, body, inline=inline)
         needed = parse_bytes(len(body), values_bound, channels)
-        if not reservation.fits_alone(needed):
-            raise RequestError(
-                413,
-                f"this request needs about {needed} bytes of server memory; the limit is "
-                f"{reservation.budget.capacity}: send it in smaller requests",
-            )
-        if not reservation.resize(needed):
-            raise ServerBusyError("the memory budget for requests in flight is full")
+        too_big = (
+            f"this request needs about {needed} bytes of server memory; the limit is "
+            f"{reservation.budget.capacity}: send it in smaller requests"
+        )
+        reserve(reservation, needed, too_big)
         limits = RequestLimits(self.settings.max_series, self.settings.max_length)
-        if inline:
-            job = parse_smooth_body(body, limits, self.channels)
-        else:
-            job = await self.codec_call(deadline, parse_smooth_body, body, limits, self.channels)
+        job = await self.codec_call(deadline, parse_smooth_body, body, limits, self.channels, inline=inline)
         del body
         values = sum(len(s) for s in job.series)
         reservation.resize(min(reservation.held, result_bytes(values, channels, len(job.channels))))
@@ -230,10 +222,9 @@ class SmoothingService:
         outputs = await asyncio.wait_for(self.batcher.submit(job.series, warmup), deadline.check())
         del job
         selection = None if chosen == list(range(channels)) else np.asarray(chosen)
-        if values * len(chosen) <= INLINE_VALUES:
-            smoothed = select_and_check(outputs, selection)
-        else:
-            smoothed = await self.codec_call(deadline, select_and_check, outputs, selection)
+        smoothed = await self.codec_call(
+            deadline, select_and_check, outputs, selection, inline=values * len(chosen) <= INLINE_VALUES
+        )
         return SmoothResult(
             smoothed=smoothed,
             channels=[self.channels[c] for c in chosen],

@@ -35,12 +35,12 @@ class OldestFirstPool:
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)
         ]
-        self._closed = False
+        self.closed = False
         for thread in self._threads:
             thread.start()
 
     def submit(self, priority: float, fn: Callable[..., T], *args: Any) -> Future[T]:
-        if self._closed:
+        if self.closed:
             raise RuntimeError("the pool is shut down")
         future: Future[T] = Future()
         self._queue.put((priority, next(self._order), time.monotonic(), partial(fn, *args), future))
@@ -54,7 +54,7 @@ class OldestFirstPool:
 
     def shutdown(self) -> None:
         """Run everything already submitted, then stop the threads."""
-        self._closed = True
+        self.closed = True
         for _ in self._threads:
             self._queue.put((math.inf, next(self._order), 0.0, None, None))
         for thread in self._threads:
