@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import numpy as np
+
+from tests.reference import bank_reference, max_relative_error
 
 
 def free_port() -> int:
@@ -99,3 +102,18 @@ async def burst_around(
         until = time.monotonic() + 1.0
         after = await asyncio.gather(*(keep_sending(until) for _ in range(senders)))
         return [*await asyncio.gather(*before), *(o for outcomes in after for o in outcomes)]
+
+
+def check_drain_answers(
+    responses: list[httpx.Response], series: np.ndarray, alphas: np.ndarray, detail: str | None = None
+) -> None:
+    """Answers around a drain: 200s equal the float64 reference, refusals are clean 503s."""
+    expected = bank_reference(series, alphas, 32)
+    for response in responses:
+        if response.status_code == 200:
+            assert max_relative_error(np.array(response.json()["smoothed"]), expected) <= 1e-5
+        else:
+            assert response.headers["retry-after"] == "1"
+            assert response.headers["connection"] == "close"
+            if detail is not None:
+                assert detail in response.json()["detail"]
