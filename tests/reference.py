@@ -101,3 +101,120 @@ def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     actual = np.asarray(actual, dtype=np.float64)
     scale = float(np.max(np.abs(expected))) or 1.0
     return float(np.max(np.abs(actual - expected))) / scale
+
+
+# --- Real-world series (issue 10): gaps, min_periods, dilation, stride, continuation ---
+
+
+def smooth_reference(
+    x: np.ndarray,
+    alpha: float,
+    kernel_size: int,
+    warmup: str = "zeros",
+    normalize: bool = True,
+    *,
+    gaps: str = "decay",
+    min_periods: int = 1,
+    dilation: int = 1,
+    stride: int = 1,
+) -> np.ndarray:
+    """One series ``x`` (T,), NaN = missing, smoothed by one alpha: (ceil(T / stride),) float64.
+
+    ``W_t`` holds the lags k < K whose value ``x[t - k d]`` is observed; in ``zeros`` mode a
+    position before the start is an observed zero (not a real observation), in ``adjust``
+    mode it does not exist. ``y_t = sum_{W_t} w_k x / sum_{W_t} w_k`` (raw ``zeros``: the
+    numerator alone); missing where fewer than ``max(1, min_periods)`` real observations
+    are in the window. ``gaps="skip"``: the observed values are smoothed as if adjacent; a
+    missing position repeats the output before it (NaN before the first observation).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    length = x.shape[0]
+    if gaps == "skip":
+        observed = np.flatnonzero(~np.isnan(x))
+        compact = smooth_reference(
+            x[observed], alpha, kernel_size, warmup, normalize, min_periods=min_periods, dilation=dilation
+        )
+        full = np.full(length, np.nan)
+        for j, position in enumerate(observed):
+            full[position] = compact[j]
+        for t in range(1, length):
+            if np.isnan(x[t]):
+                full[t] = full[t - 1]
+        return full[::stride]
+    if gaps != "decay":
+        raise ValueError(gaps)
+    weights = alpha * (1.0 - alpha) ** np.arange(kernel_size, dtype=np.float64)
+    out = np.empty(length)
+    for t in range(length):
+        numerator = denominator = 0.0
+        real = 0
+        for k in range(kernel_size):
+            m = t - k * dilation
+            if m < 0:
+                if warmup == "zeros":
+                    denominator += weights[k]
+                continue
+            if np.isnan(x[m]):
+                continue
+            numerator += weights[k] * x[m]
+            denominator += weights[k]
+            real += 1
+        if real < max(1, min_periods):
+            out[t] = np.nan
+        elif warmup == "adjust" or normalize:
+            out[t] = numerator / denominator
+        else:
+            out[t] = numerator
+    return out[::stride]
+
+
+def continuation_reference(
+    history: np.ndarray, series: np.ndarray, alpha: float, kernel_size: int, **options: object
+) -> np.ndarray:
+    """``smooth(history + series)`` without the history's outputs: output positions are
+    counted from the start of the history, so with a stride they keep its phase."""
+    stride = int(options.get("stride", 1))  # type: ignore[call-overload]
+    full = smooth_reference(np.concatenate([history, series]), alpha, kernel_size, **options)  # type: ignore[arg-type]
+    first = -(-len(history) // stride)  # the first output position at or after the history
+    return full[first:]
+
+
+def pandas_equivalents(alpha: float, kernel_size: int) -> dict[str, float]:
+    """pandas' span, halflife and com for ``alpha``, and the kernel mass K taps drop."""
+    return {
+        "span": 2.0 / alpha - 1.0,
+        "halflife": float(np.log(0.5) / np.log1p(-alpha)),
+        "com": 1.0 / alpha - 1.0,
+        "truncated_mass": (1.0 - alpha) ** kernel_size,
+    }
+
+
+def local_level_optimum(q: float) -> float:
+    """Optimal SES alpha for a local level model with signal-to-noise ratio ``q``."""
+    return float((-q + np.sqrt(q * q + 4.0 * q)) / 2.0)
+
+
+def history_tail_reference(
+    values: np.ndarray, kernel_size: int, *, dilation: int = 1, gaps: str = "decay", stride: int = 1
+) -> np.ndarray:
+    """What a response returns as ``history``: the shortest raw tail of ``values`` (NaN =
+    missing) that gives every later output, its length congruent to ``len(values)``
+    modulo ``stride`` so that output positions keep their phase.
+
+    ``decay``: the last ``(K-1)d`` values (plus up to ``stride - 1`` more for the phase),
+    or all when fewer exist. ``skip``: the last ``(K-1)d + 1`` observed values (later
+    outputs, and the repeat of the last output at a missing position, see only those),
+    preceded by as many missing values as the phase needs (missing values change nothing
+    under ``skip``).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    total = len(values)
+    reach = (kernel_size - 1) * dilation
+    if gaps == "skip":
+        observed = values[~np.isnan(values)]
+        kept = observed[len(observed) - min(len(observed), reach + 1) :]
+        pad = (total - len(kept)) % stride
+        return np.concatenate([np.full(pad, np.nan), kept])
+    if total <= reach:
+        return values.copy()
+    return values[total - (reach + (total - reach) % stride) :]
