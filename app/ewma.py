@@ -9,10 +9,20 @@ from typing import Literal, cast, get_args
 import torch
 from torch import Tensor, nn
 
-from app.fir import causal_conv1d, causal_fir
+from app.fir import causal_conv1d, causal_fir, causal_fir_dilated
+from app.gaps import (
+    pack_observed,
+    prestart_mass,
+    unpack,
+    window_counts,
+    without_short_head,
+    without_short_windows,
+)
 
 Warmup = Literal["zeros", "adjust"]
 WARMUP_MODES: tuple[str, ...] = get_args(Warmup)
+Gaps = Literal["decay", "skip"]
+GAP_MODES: tuple[str, ...] = get_args(Gaps)
 MAX_KERNEL_SIZE = 32
 
 
@@ -20,6 +30,29 @@ def check_warmup(warmup: str) -> Warmup:
     if warmup not in WARMUP_MODES:
         raise ValueError(f"warmup must be one of {WARMUP_MODES}, got {warmup!r}")
     return cast(Warmup, warmup)
+
+
+def check_gaps(gaps: str) -> Gaps:
+    if gaps not in GAP_MODES:
+        raise ValueError(f"gaps must be one of {GAP_MODES}, got {gaps!r}")
+    return cast(Gaps, gaps)
+
+
+def _positive_int(name: str, value: object, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def equivalents(alpha: float, kernel_size: int) -> dict[str, float]:
+    """pandas' ``span``, ``halflife`` and ``com`` for ``alpha``, and the kernel mass that
+    K taps drop, ``(1 - alpha)^K``."""
+    return {
+        "span": 2.0 / alpha - 1.0,
+        "halflife": math.log(0.5) / math.log1p(-alpha),
+        "com": 1.0 / alpha - 1.0,
+        "truncated_mass": (1.0 - alpha) ** kernel_size,
+    }
 
 
 class ConvEWMA(nn.Module):
@@ -36,11 +69,19 @@ class ConvEWMA(nn.Module):
       pandas' ``ewm(adjust=True)`` for ``t < K`` and the normalised output afterwards.
       It is normalised by definition, so ``normalize`` only affects ``"zeros"``.
 
+    With a dilation ``d`` tap ``k`` reads ``x_{t-kd}`` (receptive field ``(K-1)d + 1``).
+    NaN inputs are missing values: the sums run over the observed lags only (the
+    positions before the start count as observed zeros in ``"zeros"``), which is pandas'
+    ``ewm(adjust=True, ignore_na=False)`` for ``t < K``; ``gaps="skip"`` is its
+    ``ignore_na=True``. Outputs with fewer than ``min_periods`` real observations in their
+    window (or none) are NaN. Without normalisation a missing value contributes nothing.
+
     Args:
         channels: number of smoothing factors ``C`` (>= 1).
         kernel_size: number of lags ``K``, 1 <= K <= 32.
         normalize: divide the ``"zeros"`` output by the kernel sum so that weights add to 1.
         warmup: ``"zeros"`` or ``"adjust"``; how the first ``K - 1`` outputs are treated.
+        dilation: lag between taps ``d`` (>= 1), a property of a trained model.
         eps: keeps every alpha inside ``[eps, 1 - eps]``; 0 < eps < 0.5.
         dropout: channel-dropout probability in training mode (whole channels are
             zeroed and the rest scaled by ``1 / (1 - p)``); 0 <= p < 1.
@@ -53,6 +94,7 @@ class ConvEWMA(nn.Module):
           (a filter bank); output ``(N, C, T)``.
         - Input ``(N, C, T)``: depth-wise, channel ``c`` of each series with ``alpha_c``;
           output ``(N, C, T)``.
+        - With ``stride=s`` the output keeps positions ``0, s, 2s, ..``: ``ceil(T / s)`` of them.
 
     Example::
 
@@ -70,6 +112,7 @@ class ConvEWMA(nn.Module):
         *,
         normalize: bool = True,
         warmup: str = "zeros",
+        dilation: int = 1,
         eps: float = 1e-6,
         dropout: float = 0.0,
         alpha: float | Sequence[float] = 0.5,
@@ -85,6 +128,7 @@ class ConvEWMA(nn.Module):
             or not 1 <= kernel_size <= MAX_KERNEL_SIZE
         ):
             raise ValueError(f"kernel_size must be an integer in [1, {MAX_KERNEL_SIZE}], got {kernel_size!r}")
+        _positive_int("dilation", dilation)
         if not isinstance(eps, (int, float)) or not 0.0 < eps < 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
@@ -101,6 +145,7 @@ class ConvEWMA(nn.Module):
         self.kernel_size = kernel_size
         self.normalize = bool(normalize)
         self.warmup: Warmup = check_warmup(warmup)
+        self.dilation = dilation
         self.eps = float(eps)
         self.dropout = float(dropout)
         self._initial_alpha = initial
@@ -117,6 +162,11 @@ class ConvEWMA(nn.Module):
                 for a in self._initial_alpha
             ]
             self.logits.copy_(torch.tensor(logits, dtype=torch.float64))
+
+    @property
+    def receptive_field(self) -> int:
+        """Inputs one output can see: ``(K - 1) * dilation + 1``."""
+        return (self.kernel_size - 1) * self.dilation + 1
 
     @property
     def alphas(self) -> Tensor:
@@ -137,9 +187,23 @@ class ConvEWMA(nn.Module):
             weights = weights / weights.sum(dim=1, keepdim=True)
         return weights.to(dtype)
 
-    def forward(self, x: Tensor, warmup: str | None = None) -> Tensor:
-        """Smooth ``x``; ``warmup`` overrides the layer's warm-up mode for this call."""
+    def forward(
+        self,
+        x: Tensor,
+        warmup: str | None = None,
+        *,
+        gaps: str = "decay",
+        min_periods: int = 1,
+        stride: int = 1,
+    ) -> Tensor:
+        """Smooth ``x`` (NaN = missing); ``warmup`` overrides the layer's mode for this call."""
         mode = self.warmup if warmup is None else check_warmup(warmup)
+        gap_mode = check_gaps(gaps)
+        if isinstance(min_periods, bool) or not isinstance(min_periods, int):
+            raise ValueError(f"min_periods must be an integer, got {min_periods!r}")
+        if not 0 <= min_periods <= self.kernel_size:
+            raise ValueError(f"min_periods must be in [0, {self.kernel_size}], got {min_periods}")
+        _positive_int("stride", stride)
         if not x.is_floating_point():
             raise ValueError(f"input must be a floating point tensor, got {x.dtype}")
         if x.dim() == 2:
@@ -148,14 +212,46 @@ class ConvEWMA(nn.Module):
             raise ValueError(
                 f"input must be (N, T), (N, 1, T) or (N, {self.channels}, T), got {tuple(x.shape)}"
             )
+        missing = torch.isnan(x)
+        gappy = missing.flatten(1).any(dim=1)
+        if not bool(gappy.any()):
+            y = self._dense(x, mode, min_periods)
+        elif torch.is_grad_enabled() or bool(gappy.all()):
+            y = self._with_gaps(x, ~missing, mode, gap_mode, min_periods)
+        else:  # only the rows with a gap pay for the gap-aware path
+            y = x.new_empty(x.shape[0], self.channels, x.shape[2])
+            y[~gappy] = self._dense(x[~gappy], mode, min_periods)
+            y[gappy] = self._with_gaps(x[gappy], ~missing[gappy], mode, gap_mode, min_periods)
+        if self.training and self.dropout > 0.0:
+            keep = torch.rand(self.channels, device=y.device) >= self.dropout
+            y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)
+        return y if stride == 1 else y[..., ::stride].contiguous()
+
+    def _dense(self, x: Tensor, mode: str, min_periods: int) -> Tensor:
         taps, fold, start_scale = self._constants(mode, x.dtype, x.device)
         y = self._convolve(x, taps, fold=fold)
         if start_scale is not None:
             y = self._adjust_start(y, start_scale)
-        if self.training and self.dropout > 0.0:
-            keep = torch.rand(self.channels, device=y.device) >= self.dropout
-            y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)
-        return y
+        return without_short_head(y, min_periods, self.dilation)
+
+    def _with_gaps(self, x: Tensor, observed: Tensor, mode: str, gaps: str, min_periods: int) -> Tensor:
+        if gaps == "skip":
+            packed, last = pack_observed(x, observed)
+            return unpack(self._dense(packed, mode, min_periods), last)
+        taps, fold, _ = self._constants(mode, x.dtype, x.device)
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        numerator = self._convolve(torch.where(observed, x, zero), taps, fold=fold)
+        counts = window_counts(observed, self.kernel_size, self.dilation)
+        if mode == "zeros" and not self.normalize:
+            return without_short_windows(numerator, counts, min_periods)
+        weight = self._convolve(observed.to(x.dtype), taps, fold=fold)
+        if mode == "zeros":  # the positions before the start are observed zeros
+            mass = prestart_mass(taps, self.dilation, x.shape[-1])
+            weight = torch.cat([weight[..., : mass.shape[-1]] + mass, weight[..., mass.shape[-1] :]], dim=-1)
+        # A weight of 0 (no observation, or taps that underflow) divides by 1, not 0, so
+        # that the gradient stays finite where the output is masked to NaN.
+        y = numerator / torch.where(weight > 0, weight, torch.ones((), dtype=x.dtype, device=x.device))
+        return without_short_windows(y, counts, min_periods)
 
     def _constants(
         self, mode: str, dtype: torch.dtype, device: torch.device
@@ -185,7 +281,9 @@ class ConvEWMA(nn.Module):
         # The rescaling uses float64 taps: their partial sums divide the first K - 1 outputs.
         taps = self.kernel(torch.float64, normalize=True)
         partial = taps.cumsum(dim=1)[:, : self.kernel_size - 1]  # the full sum is 1
-        return taps.to(dtype), self._fold_ratios(dtype), (1.0 / partial).to(dtype)
+        # Output t of a dilated filter sees lags up to t // d: d outputs share each sum.
+        scale = (1.0 / partial).repeat_interleave(self.dilation, dim=1)
+        return taps.to(dtype), self._fold_ratios(dtype), scale.to(dtype)
 
     def _fold_ratios(self, dtype: torch.dtype) -> Tensor | None:
         """``(1 - alpha)^(K/2)``: a geometric kernel's second half is its first half scaled."""
@@ -197,14 +295,19 @@ class ConvEWMA(nn.Module):
     def _convolve(self, x: Tensor, taps: Tensor, fold: Tensor | None = None) -> Tensor:
         depthwise = x.shape[1] == self.channels and self.channels > 1
         if torch.is_grad_enabled() and (x.requires_grad or taps.requires_grad):
-            return causal_conv1d(x, taps, groups=self.channels if depthwise else 1)
+            return causal_conv1d(x, taps, groups=self.channels if depthwise else 1, dilation=self.dilation)
         if not depthwise:
-            return causal_fir(x[:, 0], taps, fold=fold)
+            return self._fir(x[:, 0], taps, fold)
         out = x.new_empty(x.shape)
         for c in range(self.channels):
             ratio = None if fold is None else fold[c : c + 1]
-            out[:, c] = causal_fir(x[:, c], taps[c : c + 1], fold=ratio)[:, 0]
+            out[:, c] = self._fir(x[:, c], taps[c : c + 1], ratio)[:, 0]
         return out
+
+    def _fir(self, x: Tensor, taps: Tensor, fold: Tensor | None) -> Tensor:
+        if self.dilation == 1:
+            return causal_fir(x, taps, fold=fold)
+        return causal_fir_dilated(x, taps, self.dilation, fold=fold)
 
     def _adjust_start(self, y: Tensor, scale: Tensor) -> Tensor:
         """Rescale outputs t < K-1 from the full-kernel sum to the partial sum."""
@@ -220,5 +323,5 @@ class ConvEWMA(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, kernel_size={self.kernel_size}, normalize={self.normalize}, "
-            f"warmup={self.warmup!r}, eps={self.eps}, dropout={self.dropout}"
+            f"warmup={self.warmup!r}, dilation={self.dilation}, eps={self.eps}, dropout={self.dropout}"
         )

@@ -46,25 +46,48 @@ def toeplitz_bank(taps: torch.Tensor, block: int) -> torch.Tensor:
     return bank.permute(1, 0, 2).reshape(window, channels * block).contiguous()
 
 
-def causal_conv1d(x: torch.Tensor, taps: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """Causal ``F.conv1d`` of ``x`` ``(N, C_in, T)`` with ``taps`` ``(C, K)`` in lag order.
+def causal_conv1d(x: torch.Tensor, taps: torch.Tensor, groups: int = 1, dilation: int = 1) -> torch.Tensor:
+    """Causal ``F.conv1d`` of ``x`` ``(N, C_in, T)`` with ``taps`` ``(C, K)`` in lag order,
+    tap ``k`` at lag ``k * dilation``.
 
-    The taps are flipped because ``conv1d`` is a cross-correlation; left padding by K-1
-    keeps the output causal and as long as the input. Differentiable.
+    The taps are flipped because ``conv1d`` is a cross-correlation; left padding by
+    ``(K-1) * dilation`` keeps the output causal and as long as the input. Differentiable.
     """
     kernel_size = taps.shape[1]
-    padded = torch.nn.functional.pad(x, (kernel_size - 1, 0))
-    return torch.nn.functional.conv1d(padded, taps.flip(-1).unsqueeze(1), groups=groups)
+    padded = torch.nn.functional.pad(x, ((kernel_size - 1) * dilation, 0))
+    return torch.nn.functional.conv1d(padded, taps.flip(-1).unsqueeze(1), groups=groups, dilation=dilation)
 
 
-def causal_fir_small(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+def causal_fir_small(x: torch.Tensor, taps: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """Same result as :func:`causal_fir`; exact K multiply-adds per output.
 
     One ``F.conv1d`` (oneDNN on CPU). It has the least fixed cost, so it is the fastest
     way for short inputs (about 64k values and below on the benchmark machine) and
     beats the Toeplitz GEMM there.
     """
-    return causal_conv1d(x.unsqueeze(1), taps)
+    return causal_conv1d(x.unsqueeze(1), taps, dilation=dilation)
+
+
+def causal_fir_dilated(
+    x: torch.Tensor, taps: torch.Tensor, dilation: int, fold: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`causal_fir` with tap ``k`` at lag ``k * dilation``: ``(N, T)`` to ``(N, C, T)``.
+
+    The outputs of one phase ``t mod d`` only see inputs of that phase, so the series is
+    dealt into ``d`` lanes of every ``d``-th value and each lane gets the dense K-tap
+    filter: the same multiply-adds as an undilated filter (a literal dilated kernel of
+    ``(K-1)d + 1`` taps would cost ``d`` times more), plus one copy in and one out.
+    """
+    series, length = x.shape
+    if series * length * taps.shape[1] <= _SMALL_PATH_ELEMENTS:
+        return causal_fir_small(x, taps, dilation)
+    lanes_length = -(-length // dilation)
+    source = x.new_zeros(series, lanes_length * dilation)  # right padding: causal, harmless
+    source[:, :length] = x
+    lanes = source.view(series, lanes_length, dilation).transpose(1, 2).reshape(-1, lanes_length)
+    smoothed = causal_fir(lanes, taps, fold=fold)  # (N * d, C, T / d)
+    out = smoothed.view(series, dilation, -1, lanes_length).permute(0, 2, 3, 1)
+    return out.reshape(series, -1, lanes_length * dilation)[:, :, :length]
 
 
 def _series_heads(x_head: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:

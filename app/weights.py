@@ -21,6 +21,7 @@ from safetensors.torch import save
 from app.ewma import MAX_KERNEL_SIZE, WARMUP_MODES, ConvEWMA
 
 FORMAT_VERSION = "1"
+MAX_DILATION = 1 << 20  # a receptive field of 32 million steps is already beyond any series limit
 TENSOR_KEY = "logits"
 _MAX_HEADER_BYTES = 1 << 20
 
@@ -38,6 +39,7 @@ class ModelCard:
     normalize: bool
     warmup: str
     eps: float
+    dilation: int = 1
     training_data: str = ""
     final_loss: float | None = None
     created_at: str = ""
@@ -52,6 +54,7 @@ class ModelCard:
             normalize=json.dumps(self.normalize),
             warmup=self.warmup,
             eps=repr(self.eps),
+            dilation=str(self.dilation),
             training_data=self.training_data,
             final_loss="" if self.final_loss is None else repr(self.final_loss),
             created_at=self.created_at,
@@ -71,6 +74,8 @@ def save_weights(model: ConvEWMA, card: ModelCard, path: str | Path) -> None:
     """Write ``model``'s logits and ``card`` as a safetensors file."""
     if len(card.channels) != model.channels:
         raise ValueError(f"{len(card.channels)} channel names for {model.channels} channels")
+    if card.dilation != model.dilation:
+        raise ValueError(f"the card says dilation {card.dilation}, the model has {model.dilation}")
     logits = model.logits.detach().to("cpu", torch.float32).contiguous()
     blob = save({TENSOR_KEY: logits}, metadata=card.to_metadata())
     Path(path).write_bytes(_canonical_layout(blob))
@@ -128,6 +133,9 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         kernel_size = int(need("kernel_size"))
         normalize = json.loads(need("normalize"))
         eps = float(need("eps"))
+        # Files written before dilation existed have no key: their taps are adjacent.
+        dilation_text = metadata.get("dilation", "1")
+        dilation = int(dilation_text) if dilation_text.isdigit() else -1
         loss_text = metadata.get("final_loss", "")
         final_loss = float(loss_text) if loss_text else None
     except (ValueError, json.JSONDecodeError) as exc:
@@ -145,6 +153,10 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         raise WeightsError(f"{path}: warmup {warmup!r} is not one of {WARMUP_MODES}")
     if not (math.isfinite(eps) and 0.0 < eps < 0.5):
         raise WeightsError(f"{path}: eps {eps} outside (0, 0.5)")
+    if not 1 <= dilation <= MAX_DILATION:
+        raise WeightsError(
+            f"{path}: dilation {metadata.get('dilation')!r} is not an integer in [1, {MAX_DILATION}]"
+        )
     known = {
         "format_version",
         "channels",
@@ -152,6 +164,7 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         "normalize",
         "warmup",
         "eps",
+        "dilation",
         "training_data",
         "final_loss",
         "created_at",
@@ -162,6 +175,7 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         normalize=normalize,
         warmup=warmup,
         eps=eps,
+        dilation=dilation,
         training_data=metadata.get("training_data", ""),
         final_loss=final_loss,
         created_at=metadata.get("created_at", ""),
@@ -204,6 +218,7 @@ def load_weights(
         card.kernel_size,
         normalize=card.normalize,
         warmup=card.warmup,
+        dilation=card.dilation,
         eps=card.eps,
         device=device,
         dtype=dtype,

@@ -1,0 +1,76 @@
+"""Missing values (NaN) in ConvEWMA: the maths the layer applies around its convolution.
+
+With ``W_t`` the lags ``k < K`` whose value ``x[t - k d]`` is observed, the output is
+``sum_{W_t} w_k x / sum_{W_t} w_k``.  Both sums are causal FIRs: the numerator of the
+input with its gaps set to zero, the denominator of the 0/1 observed mask.  In
+``"zeros"`` warm-up the positions before the start are observed zeros, which adds the
+weight of the lags that reach before the start to the first ``(K-1)d`` denominators.
+``"skip"`` packs each row's observed values together, smooths them as a gap-free
+series and reads each position's output from its last observation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def window_counts(observed: Tensor, kernel_size: int, dilation: int) -> Tensor:
+    """Real observations among lags ``0, d, .., (K-1)d`` of each position: ``(..., T)`` int32.
+
+    Exact integer prefix sums per phase ``t mod d``, so no rounding can turn a count of
+    one into zero.
+    """
+    length = observed.shape[-1]
+    lanes = -(-length // dilation)
+    flat = observed.to(torch.int32)
+    if lanes * dilation != length:
+        flat = torch.nn.functional.pad(flat, (0, lanes * dilation - length))
+    sums = flat.view(*flat.shape[:-1], lanes, dilation).cumsum(dim=-2)
+    counts = sums.clone()
+    counts[..., kernel_size:, :] -= sums[..., :-kernel_size, :]
+    return counts.view(*flat.shape[:-1], lanes * dilation)[..., :length]
+
+
+def prestart_mass(taps: Tensor, dilation: int, length: int) -> Tensor:
+    """``(C, min(T, (K-1)d))``: the weight of the lags of position t that fall before the start."""
+    head = min(length, (taps.shape[1] - 1) * dilation)
+    reached = torch.arange(head, device=taps.device) // dilation  # the last lag inside
+    inside = taps.cumsum(dim=1)[:, reached]
+    return taps.sum(dim=1, keepdim=True) - inside
+
+
+def without_short_windows(y: Tensor, counts: Tensor, min_periods: int) -> Tensor:
+    """``y`` with NaN where fewer than ``max(1, min_periods)`` real observations are in the window."""
+    return torch.where(counts >= max(1, min_periods), y, torch.full((), float("nan"), dtype=y.dtype))
+
+
+def without_short_head(y: Tensor, min_periods: int, dilation: int) -> Tensor:
+    """The same for gap-free rows, whose count is ``min(t // d + 1, K)``: a NaN head."""
+    head = min(y.shape[-1], (min_periods - 1) * dilation)
+    if head <= 0:
+        return y
+    if y.requires_grad:
+        return torch.cat([torch.full_like(y[..., :head], float("nan")), y[..., head:]], dim=-1)
+    y[..., :head] = float("nan")
+    return y
+
+
+def pack_observed(x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's observed values moved to its front, zero right-padded, and for every
+    position the packed index of its last observation (-1 before the first)."""
+    last = observed.to(torch.int64).cumsum(dim=-1) - 1
+    width = int(observed.sum(dim=-1).max())
+    index = torch.where(observed, last, width)  # missing values land in a spare column
+    source = torch.where(observed, x, torch.zeros((), dtype=x.dtype))
+    packed = x.new_zeros(*x.shape[:-1], width + 1).scatter(-1, index, source)
+    return packed[..., :width], last
+
+
+def unpack(packed_output: Tensor, last: Tensor) -> Tensor:
+    """Position t's output is its last observation's (so a gap repeats it); NaN before any."""
+    shape = (*packed_output.shape[:-1], last.shape[-1])
+    if packed_output.shape[-1] == 0:
+        return packed_output.new_full(shape, float("nan"))
+    gathered = packed_output.gather(-1, last.clamp(min=0).expand(shape))
+    return torch.where(last >= 0, gathered, torch.full((), float("nan"), dtype=gathered.dtype))
