@@ -171,16 +171,19 @@ class ConvEWMA(nn.Module):
     @property
     def alphas(self) -> Tensor:
         """Smoothing factors ``(C,)`` in use, differentiable with respect to the logits."""
-        return (1.0 - 2.0 * self.eps) * torch.sigmoid(self.logits) + self.eps
+        return self._alphas_in(self.logits.dtype)
+
+    def _alphas_in(self, dtype: torch.dtype) -> Tensor:
+        return (1.0 - 2.0 * self.eps) * torch.sigmoid(self.logits.to(dtype)) + self.eps
 
     def kernel(self, dtype: torch.dtype | None = None, *, normalize: bool | None = None) -> Tensor:
         """Kernel ``(C, K)`` in lag order ``w_{c,0} .. w_{c,K-1}`` (not flipped)."""
-        alphas = self.alphas
-        dtype = dtype or alphas.dtype
+        dtype = dtype or self.logits.dtype
         # Build in at least float32 (half precision powers lose the kernel's tail) and in
-        # float64 when either side is float64, so a float64 input gets float64 weights.
-        work = torch.promote_types(torch.promote_types(alphas.dtype, dtype), torch.float32)
-        a = alphas.to(work).unsqueeze(1)
+        # float64 when either side is float64, so a float64 input gets float64 weights,
+        # from alphas computed in float64 too (float32 logits are exact in float64).
+        work = torch.promote_types(torch.promote_types(self.logits.dtype, dtype), torch.float32)
+        a = self._alphas_in(work).unsqueeze(1)
         lags = torch.arange(self.kernel_size, device=a.device, dtype=work)
         weights = a * (1.0 - a).pow(lags)
         if self.normalize if normalize is None else normalize:
@@ -290,7 +293,7 @@ class ConvEWMA(nn.Module):
         if self.kernel_size % 2:
             return None
         work = torch.promote_types(torch.promote_types(self.logits.dtype, dtype), torch.float32)
-        return (1.0 - self.alphas.detach().to(work)).pow(self.kernel_size // 2)
+        return (1.0 - self._alphas_in(work).detach()).pow(self.kernel_size // 2)
 
     def _convolve(self, x: Tensor, taps: Tensor, fold: Tensor | None = None) -> Tensor:
         depthwise = x.shape[1] == self.channels and self.channels > 1

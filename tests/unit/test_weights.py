@@ -124,6 +124,10 @@ def with_meta(**changes: str | None) -> dict[str, str]:
         ({"logits": torch.zeros(2)}, with_meta(normalize="yes"), "malformed metadata"),
         ({"logits": torch.zeros(2)}, with_meta(normalize="1"), "'normalize' must be true or false"),
         ({"logits": torch.zeros(2)}, with_meta(eps="0.7"), "eps 0.7 outside"),
+        ({"logits": torch.zeros(2)}, with_meta(dilation="0"), "dilation '0' is not an integer in [1, "),
+        ({"logits": torch.zeros(2)}, with_meta(dilation="-2"), "dilation '-2' is not an integer"),
+        ({"logits": torch.zeros(2)}, with_meta(dilation="1.5"), "dilation '1.5' is not an integer"),
+        ({"logits": torch.zeros(2)}, with_meta(dilation=str(2**20 + 1)), "is not an integer in [1, 1048576]"),
     ],
 )
 def test_invalid_files_are_refused_with_reason(tmp_path, tensors, metadata, message):
@@ -173,3 +177,18 @@ def test_header_is_canonical_json(tmp_path, model):
     header = json.loads(blob[8 : 8 + length])
     assert list(header) == sorted(header)
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+
+
+def test_dilation_round_trips_and_old_files_load_undilated(tmp_path):
+    layer = ConvEWMA(2, 8, dilation=5, alpha=[0.3, 0.6])
+    card = ModelCard(channels=("a", "b"), kernel_size=8, normalize=True, warmup="zeros", eps=1e-6, dilation=5)
+    save_weights(layer, card, tmp_path / "dilated.safetensors")
+    loaded = load_weights(tmp_path / "dilated.safetensors")
+    assert (loaded.card.dilation, loaded.model.dilation, loaded.model.receptive_field) == (5, 5, 36)
+    assert read_weights_file(tmp_path / "dilated.safetensors").metadata["dilation"] == "5"
+    old = good_metadata()
+    del old["dilation"]  # as written before dilation existed
+    path = write(tmp_path / "old.safetensors", {"logits": torch.zeros(2)}, old)
+    assert load_weights(path).model.dilation == 1
+    with pytest.raises(ValueError, match="the card says dilation 1, the model has 5"):
+        save_weights(layer, CARD, tmp_path / "mismatch.safetensors")
