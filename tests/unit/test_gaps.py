@@ -142,7 +142,8 @@ def test_gradients_are_finite_and_exact_with_missing_values(warmup, gaps):
     observed = ~torch.isnan(y)
     loss = torch.where(observed, y, torch.zeros(())).pow(2).sum()
     loss.backward()
-    assert layer.logits.grad is not None and torch.isfinite(layer.logits.grad).all()
+    assert layer.logits.grad is not None
+    assert torch.isfinite(layer.logits.grad).all()
 
     def masked(logits: torch.Tensor) -> torch.Tensor:
         out = torch.func.functional_call(layer, {"logits": logits}, (x,), {"gaps": gaps, "min_periods": 2})
@@ -230,7 +231,7 @@ def test_dilated_fir_lanes_equal_the_literal_dilated_kernel(dilation):
     ],
 )
 def test_forward_options_are_validated(kwargs, message):
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="must be") as info:
         ConvEWMA(1, 8)(torch.zeros(1, 4), **kwargs)
     assert str(info.value) == message
 
