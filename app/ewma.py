@@ -9,7 +9,7 @@ from typing import Literal, cast, get_args
 import torch
 from torch import Tensor, nn
 
-from app.fir import causal_conv1d, causal_fir, causal_fir_dilated
+from app.fir import causal_conv1d, causal_fir
 from app.gaps import (
     pack_observed,
     prestart_mass,
@@ -215,16 +215,17 @@ class ConvEWMA(nn.Module):
             raise ValueError(
                 f"input must be (N, T), (N, 1, T) or (N, {self.channels}, T), got {tuple(x.shape)}"
             )
-        missing = torch.isnan(x)
-        gappy = missing.flatten(1).any(dim=1)
+        # A row sum is NaN if the row holds a NaN (or both infinities, which the gap-aware
+        # path also handles): one fast reduction instead of a boolean pass.
+        gappy = torch.isnan(x.sum(dim=-1)).any(dim=1)
         if not bool(gappy.any()):
             y = self._dense(x, mode, min_periods)
         elif torch.is_grad_enabled() or bool(gappy.all()):
-            y = self._with_gaps(x, ~missing, mode, gap_mode, min_periods)
+            y = self._with_gaps(x, mode, gap_mode, min_periods)
         else:  # only the rows with a gap pay for the gap-aware path
             y = x.new_empty(x.shape[0], self.channels, x.shape[2])
             y[~gappy] = self._dense(x[~gappy], mode, min_periods)
-            y[gappy] = self._with_gaps(x[gappy], ~missing[gappy], mode, gap_mode, min_periods)
+            y[gappy] = self._with_gaps(x[gappy], mode, gap_mode, min_periods)
         if self.training and self.dropout > 0.0:
             keep = torch.rand(self.channels, device=y.device) >= self.dropout
             y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)
@@ -237,22 +238,30 @@ class ConvEWMA(nn.Module):
             y = self._adjust_start(y, start_scale)
         return without_short_head(y, min_periods, self.dilation)
 
-    def _with_gaps(self, x: Tensor, observed: Tensor, mode: str, gaps: str, min_periods: int) -> Tensor:
+    def _with_gaps(self, x: Tensor, mode: str, gaps: str, min_periods: int) -> Tensor:
+        observed = torch.isnan(x).logical_not_()
         if gaps == "skip":
             packed, last = pack_observed(x, observed)
             return unpack(self._dense(packed, mode, min_periods), last)
         taps, fold, _ = self._constants(mode, x.dtype, x.device)
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        numerator = self._convolve(torch.where(observed, x, zero), taps, fold=fold)
-        counts = window_counts(observed, self.kernel_size, self.dilation)
+        inf = float("inf")
+        numerator = self._convolve(torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf), taps, fold=fold)
+        present = observed.to(x.dtype)
+        counts = window_counts(present, self.kernel_size, self.dilation)
         if mode == "zeros" and not self.normalize:
             return without_short_windows(numerator, counts, min_periods)
-        weight = self._convolve(observed.to(x.dtype), taps, fold=fold)
-        if mode == "zeros":  # the positions before the start are observed zeros
-            mass = prestart_mass(taps, self.dilation, x.shape[-1])
+        weight = self._convolve(present, taps, fold=fold)
+        mass = prestart_mass(taps, self.dilation, x.shape[-1]) if mode == "zeros" else None
+        if not numerator.requires_grad:  # in place: each pass over (N, C, T) costs as much as a FIR
+            if mass is not None:  # the positions before the start are observed zeros
+                weight[..., : mass.shape[-1]] += mass
+            # A weight that underflows to 0 (or no observation at all, masked below)
+            # leaves a 0 numerator: divide it by anything positive.
+            numerator.div_(weight.clamp_(min=torch.finfo(x.dtype).tiny))
+            return numerator.masked_fill_(counts < max(1, min_periods), float("nan"))
+        if mass is not None:
             weight = torch.cat([weight[..., : mass.shape[-1]] + mass, weight[..., mass.shape[-1] :]], dim=-1)
-        # A weight of 0 (no observation, or taps that underflow) divides by 1, not 0, so
-        # that the gradient stays finite where the output is masked to NaN.
+        # Dividing by 1 where the weight is 0 keeps the gradient finite under the NaN mask.
         y = numerator / torch.where(weight > 0, weight, torch.ones((), dtype=x.dtype, device=x.device))
         return without_short_windows(y, counts, min_periods)
 
@@ -308,9 +317,7 @@ class ConvEWMA(nn.Module):
         return out
 
     def _fir(self, x: Tensor, taps: Tensor, fold: Tensor | None) -> Tensor:
-        if self.dilation == 1:
-            return causal_fir(x, taps, fold=fold)
-        return causal_fir_dilated(x, taps, self.dilation, fold=fold)
+        return causal_fir(x, taps, fold=fold, dilation=self.dilation)
 
     def _adjust_start(self, y: Tensor, scale: Tensor) -> Tensor:
         """Rescale outputs t < K-1 from the full-kernel sum to the partial sum."""

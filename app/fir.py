@@ -68,28 +68,6 @@ def causal_fir_small(x: torch.Tensor, taps: torch.Tensor, dilation: int = 1) -> 
     return causal_conv1d(x.unsqueeze(1), taps, dilation=dilation)
 
 
-def causal_fir_dilated(
-    x: torch.Tensor, taps: torch.Tensor, dilation: int, fold: torch.Tensor | None = None
-) -> torch.Tensor:
-    """:func:`causal_fir` with tap ``k`` at lag ``k * dilation``: ``(N, T)`` to ``(N, C, T)``.
-
-    The outputs of one phase ``t mod d`` only see inputs of that phase, so the series is
-    dealt into ``d`` lanes of every ``d``-th value and each lane gets the dense K-tap
-    filter: the same multiply-adds as an undilated filter (a literal dilated kernel of
-    ``(K-1)d + 1`` taps would cost ``d`` times more), plus one copy in and one out.
-    """
-    series, length = x.shape
-    if series * length * taps.shape[1] <= _SMALL_PATH_ELEMENTS:
-        return causal_fir_small(x, taps, dilation)
-    lanes_length = -(-length // dilation)
-    source = x.new_zeros(series, lanes_length * dilation)  # right padding: causal, harmless
-    source[:, :length] = x
-    lanes = source.view(series, lanes_length, dilation).transpose(1, 2).reshape(-1, lanes_length)
-    smoothed = causal_fir(lanes, taps, fold=fold)  # (N * d, C, T / d)
-    out = smoothed.view(series, dilation, -1, lanes_length).permute(0, 2, 3, 1)
-    return out.reshape(series, -1, lanes_length * dilation)[:, :, :length]
-
-
 def _series_heads(x_head: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     """Exact outputs for the first ``head`` samples of every series: one small GEMM."""
     series, head = x_head.shape
@@ -100,9 +78,14 @@ def _series_heads(x_head: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
 
 
 def causal_fir(
-    x: torch.Tensor, taps: torch.Tensor, block: int = DEFAULT_BLOCK, fold: torch.Tensor | None = None
+    x: torch.Tensor,
+    taps: torch.Tensor,
+    block: int = DEFAULT_BLOCK,
+    fold: torch.Tensor | None = None,
+    dilation: int = 1,
 ) -> torch.Tensor:
-    """Causal FIR bank: ``x`` ``(N, T)``, ``taps`` ``(C, K)`` (lag order) to ``(N, C, T)``.
+    """Causal FIR bank: ``x`` ``(N, T)``, ``taps`` ``(C, K)`` (lag order) to ``(N, C, T)``,
+    tap ``k`` at lag ``k * dilation``.
 
     ``fold`` ``(C,)`` may be given when the second half of every kernel is the first
     half scaled, ``taps[:, h:] == fold[:, None] * taps[:, :h]`` with ``h = K / 2`` (true
@@ -110,31 +93,42 @@ def causal_fir(
     uses the half kernel and ``y_t = z_t + fold * z_{t-h}`` finishes the job: a third
     fewer multiply-adds, the same sums regrouped (no subtraction, no cancellation).
 
+    With a dilation ``d`` the outputs of phase ``t mod d`` only see inputs of that phase,
+    so each series is dealt into ``d`` lanes of every ``d``-th value and each lane gets
+    the dense K-tap filter: the multiply-adds of an undilated filter (a literal kernel of
+    ``(K-1)d + 1`` taps would cost ``d`` times more).  The lanes' outputs are dealt back
+    a chunk at a time, while they are still in cache.
+
     Inference only (uses ``out=`` GEMMs); returns a view trimmed to ``T`` when ``T`` is
-    not a multiple of ``block``.
+    not a multiple of ``block * dilation``.
     """
     if x.dim() != 2 or taps.dim() != 2:
         raise ValueError(f"expected x (N, T) and taps (C, K), got {tuple(x.shape)} and {tuple(taps.shape)}")
     series, length = x.shape
     channels, kernel_size = taps.shape
     taps = taps.to(x.dtype)
-    # Outputs t < head are recomputed from a zero-padded copy: their windows reach
-    # into the previous series (or before the start of memory for the first series).
+    # Outputs t < head (of each lane) are recomputed from a zero-padded copy: their
+    # windows reach into the previous lane (or before the start of memory).
     head_rows = -(-(kernel_size - 1) // block)
     head = head_rows * block
-    if length < head + block or series * length * kernel_size <= _SMALL_PATH_ELEMENTS:
-        return causal_fir_small(x, taps)
+    lane_length = -(-length // dilation)
+    if lane_length < head + block or series * length * kernel_size <= _SMALL_PATH_ELEMENTS:
+        return causal_fir_small(x, taps, dilation)
 
-    blocks_per_series = -(-length // block)
-    padded_length = blocks_per_series * block
-    if padded_length != length:
-        # Right padding cannot change a causal output; it only aligns rows with series.
-        flat_source = x.new_zeros(series, padded_length)
-        flat_source[:, :length] = x
+    blocks_per_lane = -(-lane_length // block)
+    lane_padded = blocks_per_lane * block
+    padded_length = lane_padded * dilation
+    lanes = series * dilation
+    if padded_length != length or dilation > 1:
+        # Right padding cannot change a causal output; it only aligns rows with lanes.
+        source = x.new_zeros(series, padded_length)
+        source[:, :length] = x
+        if dilation > 1:
+            source = source.view(series, lane_padded, dilation).transpose(1, 2).contiguous()
     else:
-        flat_source = x.contiguous()
-    flat = flat_source.view(-1)
-    total_rows = series * blocks_per_series
+        source = x.contiguous()
+    flat = source.view(-1)
+    total_rows = lanes * blocks_per_lane
 
     folded = fold is not None and kernel_size == 2 * block
     gemm_taps = taps[:, :block] if folded else taps
@@ -147,11 +141,13 @@ def causal_fir(
     out = x.new_empty(series, channels, padded_length)
 
     rows_per_chunk = total_rows if x.is_cuda else _CPU_ROWS_PER_CHUNK
-    series_per_chunk = max(1, rows_per_chunk // blocks_per_series)
-    chunk_rows = series_per_chunk * blocks_per_series
-    if channels > 1:
-        # GEMM rows come out as (block, channel, time-in-block); one reused scratch buffer
-        # receives them before they are scattered into the (N, C, T) layout.
+    rows_per_series = blocks_per_lane * dilation
+    series_per_chunk = max(1, rows_per_chunk // rows_per_series)
+    chunk_rows = series_per_chunk * rows_per_series
+    direct = channels == 1 and dilation == 1
+    if not direct:
+        # GEMM rows come out as (lane, block, channel, time-in-block); one reused scratch
+        # buffer receives them before they are dealt into the (N, C, T) layout.
         scratch = x.new_empty(chunk_rows, channels * block)
     if folded:
         assert fold is not None
@@ -159,11 +155,10 @@ def causal_fir(
         ratios = fold.to(x.dtype).repeat_interleave(block)
     for first in range(0, series, series_per_chunk):
         last = min(series, first + series_per_chunk)
-        row_start, row_stop = first * blocks_per_series, last * blocks_per_series
-        if channels == 1:
-            target = out.view(total_rows, block)[row_start:row_stop]
-        else:
-            target = scratch[: row_stop - row_start]
+        row_start, row_stop = first * rows_per_series, last * rows_per_series
+        target = (
+            out.view(total_rows, block)[row_start:row_stop] if direct else scratch[: row_stop - row_start]
+        )
         if folded:
             z_first = max(row_start - 1, first_valid)
             z = half[: row_stop - row_start + 1]
@@ -181,11 +176,13 @@ def causal_fir(
                 bank,
                 out=target[skip:],
             )
-        if channels > 1:
+        if not direct:
             count = last - first
-            out[first:last].view(count, channels, blocks_per_series, block).copy_(
-                target.view(count, blocks_per_series, channels, block).permute(0, 2, 1, 3)
-            )
+            dealt = target.view(count, dilation, blocks_per_lane, channels, block).permute(0, 3, 2, 4, 1)
+            out[first:last].view(count, channels, blocks_per_lane, block, dilation).copy_(dealt)
 
-    out[:, :, :head] = _series_heads(x[:, :head], taps)
+    heads = _series_heads(source.view(lanes, lane_padded)[:, :head], taps)  # (lanes, C, head)
+    out[:, :, : head * dilation].view(series, channels, head, dilation).copy_(
+        heads.view(series, dilation, channels, head).permute(0, 2, 3, 1)
+    )
     return out[:, :, :length] if padded_length != length else out

@@ -16,17 +16,21 @@ from torch import Tensor
 
 
 def window_counts(observed: Tensor, kernel_size: int, dilation: int) -> Tensor:
-    """Real observations among lags ``0, d, .., (K-1)d`` of each position: ``(..., T)`` int32.
-
-    Exact integer prefix sums per phase ``t mod d``, so no rounding can turn a count of
-    one into zero.
+    """Real observations among lags ``0, d, .., (K-1)d`` of each position, from the 0/1
+    ``observed`` mask (float): prefix sums per phase ``t mod d``, exact in float32 up to
+    2^24 steps per phase (float64 beyond), so no rounding can turn a count of one into zero.
     """
     length = observed.shape[-1]
     lanes = -(-length // dilation)
-    flat = observed.to(torch.int32)
+    flat = observed if lanes <= 1 << 24 else observed.double()
+    if dilation == 1:  # the common case, along the contiguous dimension (several times faster)
+        sums = flat.cumsum(dim=-1)
+        counts = sums.clone()
+        counts[..., kernel_size:] -= sums[..., :-kernel_size]
+        return counts
     if lanes * dilation != length:
         flat = torch.nn.functional.pad(flat, (0, lanes * dilation - length))
-    sums = flat.view(*flat.shape[:-1], lanes, dilation).cumsum(dim=-2)
+    sums = flat.reshape(*flat.shape[:-1], lanes, dilation).cumsum(dim=-2)
     counts = sums.clone()
     counts[..., kernel_size:, :] -= sums[..., :-kernel_size, :]
     return counts.view(*flat.shape[:-1], lanes * dilation)[..., :length]

@@ -112,6 +112,23 @@ def main() -> None:
     add("ConvEWMA C=3 bank, zeros", 3 * n * t, lambda: bank(x))
     add("ConvEWMA C=3 bank, adjust", 3 * n * t, lambda: bank(x, warmup="adjust"))
     add("ConvEWMA C=3 depth-wise (N, 3, T)", 3 * n * t, lambda: bank(source))
+    # Real-world series (issue 10): every series has 5% missing values, so every row
+    # takes the gap-aware path (two FIRs and a division); dilation deals the series
+    # into d lanes; float64 and a stride for comparison.
+    gappy = x.clone()
+    gappy[torch.rand(n, t, generator=generator).to(device) < 0.05] = float("nan")
+    dilated = ConvEWMA(1, k, alpha=alphas[1], dilation=4, device=device).eval()
+    add("ConvEWMA C=1, 5% missing, gaps=decay", n * t, lambda: single(gappy))
+    add("ConvEWMA C=1, 5% missing, gaps=skip", n * t, lambda: single(gappy, gaps="skip"))
+    add(
+        "ConvEWMA C=1, adjust, 5% missing, min_periods=4",
+        n * t,
+        lambda: single(gappy, "adjust", min_periods=4),
+    )
+    add("ConvEWMA C=1, dilation=4", n * t, lambda: dilated(x))
+    add("ConvEWMA C=1, stride=4", -(-t // 4) * n, lambda: single(x, stride=4), "outputs counted")
+    x64 = x.double()
+    add("ConvEWMA C=1, float64", n * t, lambda: single(x64))
 
     taps = single.kernel(torch.float32).detach().flip(-1)  # (1, K), oldest lag first
     add(
@@ -149,6 +166,12 @@ def main() -> None:
                 "pandas DataFrame.ewm(alpha).mean() (untruncated)",
                 n * t,
                 lambda: frame.ewm(alpha=a, adjust=True).mean(),
+            )
+            gappy_frame = pd.DataFrame(gappy.numpy().T)
+            add(
+                "pandas ewm(alpha).mean(), 5% missing (untruncated)",
+                n * t,
+                lambda: gappy_frame.ewm(alpha=a, adjust=True).mean(),
             )
 
     best = max(r.rate for r in rows if r.name.startswith("ConvEWMA C=1, zeros"))

@@ -12,7 +12,7 @@ import torch
 
 from app.continuation import first_output, history_tail
 from app.ewma import ConvEWMA, equivalents
-from app.fir import causal_fir_dilated
+from app.fir import causal_fir
 from tests.reference import (
     alphas_from_logits,
     continuation_reference,
@@ -209,13 +209,17 @@ def test_pandas_equivalents(alpha):
             np.testing.assert_allclose(x.ewm(**{key: mine[key]}).mean(), by_alpha, rtol=1e-10)
 
 
-@pytest.mark.parametrize("dilation", [2, 5])
-def test_dilated_fir_lanes_equal_the_literal_dilated_kernel(dilation):
-    taps = torch.rand(3, 7, dtype=torch.float64)
-    x = torch.randn(5, 20_011, dtype=torch.float64)  # past the conv1d cut-over
-    literal = torch.zeros(3, 6 * dilation + 1, dtype=torch.float64)
+@pytest.mark.parametrize("dilation", [1, 2, 5])
+@pytest.mark.parametrize(("channels", "kernel_size", "fold"), [(1, 7, False), (3, 7, False), (2, 32, True)])
+def test_dilated_fir_lanes_equal_the_literal_dilated_kernel(dilation, channels, kernel_size, fold):
+    # Past the conv1d cut-over, with a length that is no multiple of block * dilation.
+    alphas = torch.linspace(0.1, 0.7, channels, dtype=torch.float64)
+    taps = alphas[:, None] * (1 - alphas[:, None]) ** torch.arange(kernel_size, dtype=torch.float64)
+    ratios = (1 - alphas) ** (kernel_size // 2) if fold else None
+    x = torch.randn(5, 20_011, dtype=torch.float64)
+    literal = torch.zeros(channels, (kernel_size - 1) * dilation + 1, dtype=torch.float64)
     literal[:, ::dilation] = taps
-    actual = causal_fir_dilated(x, taps, dilation).numpy()
+    actual = causal_fir(x, taps, fold=ratios, dilation=dilation).numpy()
     assert max_relative_error(actual, fir_reference(x.numpy(), literal.numpy())) <= 1e-12
 
 
