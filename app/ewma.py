@@ -247,16 +247,29 @@ class ConvEWMA(nn.Module):
         inf = float("inf")
         numerator = self._convolve(torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf), taps, fold=fold)
         present = observed.to(x.dtype)
+        raw = mode == "zeros" and not self.normalize
+        mass = prestart_mass(taps, self.dilation, x.shape[-1]) if mode == "zeros" else None
+        if not (numerator.requires_grad or raw or min_periods > 1) and bool(taps.min() > 0):
+            # The common case, in place (each pass over (N, C, T) costs about as much as a
+            # FIR). With every tap positive, a window without an observation is exactly
+            # the one whose weight is 0; its numerator is 0 too, and 0 / 0 marks it NaN.
+            weight = self._convolve(present, taps, fold=fold)
+            if mass is None:
+                return numerator.div_(weight)
+            head = mass.shape[-1]  # the positions before the start are observed zeros
+            empty = weight[..., :head] == 0
+            weight[..., :head] += mass
+            numerator.div_(weight)
+            numerator[..., :head].masked_fill_(empty, float("nan"))
+            return numerator
         counts = window_counts(present, self.kernel_size, self.dilation)
-        if mode == "zeros" and not self.normalize:
+        if raw:
             return without_short_windows(numerator, counts, min_periods)
         weight = self._convolve(present, taps, fold=fold)
-        mass = prestart_mass(taps, self.dilation, x.shape[-1]) if mode == "zeros" else None
-        if not numerator.requires_grad:  # in place: each pass over (N, C, T) costs as much as a FIR
-            if mass is not None:  # the positions before the start are observed zeros
+        if not numerator.requires_grad:
+            if mass is not None:
                 weight[..., : mass.shape[-1]] += mass
-            # A weight that underflows to 0 (or no observation at all, masked below)
-            # leaves a 0 numerator: divide it by anything positive.
+            # A weight that underflows to 0 leaves a 0 numerator: divide by anything positive.
             numerator.div_(weight.clamp_(min=torch.finfo(x.dtype).tiny))
             return numerator.masked_fill_(counts < max(1, min_periods), float("nan"))
         if mass is not None:

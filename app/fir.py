@@ -119,12 +119,18 @@ def causal_fir(
     lane_padded = blocks_per_lane * block
     padded_length = lane_padded * dilation
     lanes = series * dilation
-    if padded_length != length or dilation > 1:
-        # Right padding cannot change a causal output; it only aligns rows with lanes.
+    if dilation > 1:
+        # One strided copy deals the series into lanes; the zeros after each lane's end
+        # (right padding cannot change a causal output) align its rows with the blocks.
+        source = x.new_empty(series, dilation, lane_padded)
+        whole = length // dilation
+        source[:, :, :whole] = x[:, : whole * dilation].view(series, whole, dilation).transpose(1, 2)
+        source[:, :, whole:] = 0.0
+        if length > whole * dilation:
+            source[:, : length - whole * dilation, whole] = x[:, whole * dilation :]
+    elif padded_length != length:
         source = x.new_zeros(series, padded_length)
         source[:, :length] = x
-        if dilation > 1:
-            source = source.view(series, lane_padded, dilation).transpose(1, 2).contiguous()
     else:
         source = x.contiguous()
     flat = source.view(-1)
