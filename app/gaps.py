@@ -61,20 +61,21 @@ def without_short_head(y: Tensor, min_periods: int, dilation: int) -> Tensor:
 
 
 def pack_observed(x: Tensor, observed: Tensor) -> tuple[Tensor, Tensor]:
-    """Each row's observed values moved to its front, zero right-padded, and for every
-    position the packed index of its last observation (-1 before the first)."""
-    last = observed.to(torch.int64).cumsum(dim=-1) - 1
-    width = int(observed.sum(dim=-1).max())
-    index = torch.where(observed, last, width)  # missing values land in a spare column
-    source = torch.where(observed, x, torch.zeros((), dtype=x.dtype))
-    packed = x.new_zeros(*x.shape[:-1], width + 1).scatter(-1, index, source)
-    return packed[..., :width], last
+    """Each row's observed values moved to its front, zero right-padded (causal: padding
+    cannot change an output), and for every position the number of observations up to
+    and including it (its last observation's packed index plus one)."""
+    present = observed.to(x.dtype if x.shape[-1] <= 1 << 24 else torch.float64)
+    ordinal = present.cumsum(dim=-1).to(torch.int64)  # exact: float prefix sums of 0/1 below 2^24
+    width = int(ordinal[..., -1].max()) if ordinal.numel() else 0
+    slot = ordinal * observed  # a missing value lands in the spare column 0
+    inf = float("inf")
+    source = torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf)
+    packed = x.new_zeros(*x.shape[:-1], width + 1).scatter_(-1, slot, source)
+    return packed[..., 1:], ordinal
 
 
-def unpack(packed_output: Tensor, last: Tensor) -> Tensor:
+def unpack(packed_output: Tensor, ordinal: Tensor) -> Tensor:
     """Position t's output is its last observation's (so a gap repeats it); NaN before any."""
-    shape = (*packed_output.shape[:-1], last.shape[-1])
-    if packed_output.shape[-1] == 0:
-        return packed_output.new_full(shape, float("nan"))
-    gathered = packed_output.gather(-1, last.clamp(min=0).expand(shape))
-    return torch.where(last >= 0, gathered, torch.full((), float("nan"), dtype=gathered.dtype))
+    before = packed_output.new_full((*packed_output.shape[:-1], 1), float("nan"))
+    extended = torch.cat([before, packed_output], dim=-1)  # index 0: no observation yet
+    return extended.gather(-1, ordinal.expand(*packed_output.shape[:-1], ordinal.shape[-1]))
