@@ -8,12 +8,12 @@ the literal ``(N, 1, T)`` layout falls to about a hundred million outputs per se
 on CPU, and the depth-wise ``(1, N, T)`` layout is fast only
 for some channel counts and never for a filter bank (see ``benchmarks/README.md``).
 Instead the series are laid end to end as one long signal and cut into rows of
-``block`` outputs; each row's window of ``block + K - 1`` inputs is a strided view of
-the same memory (no copy), so one GEMM against a banded Toeplitz matrix computes every
-output of every channel.  Windows that straddle the start of a series see the previous
-series' tail; those first few outputs of each series are recomputed afterwards from a
-small zero-padded copy.  GEMMs run over chunks of rows so their working set stays in
-cache.
+``block`` outputs; each row's window of ``block + K - 1`` inputs spans a few whole
+blocks of the same memory, so a few GEMMs of the (rows, block) view against slices of a
+banded Toeplitz matrix compute every output of every channel, with no copy of the input.
+Windows that straddle the start of a series see the previous series' tail; those first
+few outputs of each series are recomputed afterwards from a small zero-padded copy.
+GEMMs run over chunks of rows so their working set stays in cache.
 """
 
 from __future__ import annotations
@@ -138,13 +138,25 @@ def causal_fir(
 
     folded = fold is not None and kernel_size == 2 * block
     gemm_taps = taps[:, :block] if folded else taps
-    gemm_span = gemm_taps.shape[1] - 1  # how far a row's window reaches back
-    first_valid = -(-gemm_span // block)  # first row whose window starts inside memory
-    windows = flat.as_strided(
-        (total_rows - first_valid, block + gemm_span), (block, 1), first_valid * block - gemm_span
-    )  # windows[i] is the window of row i + first_valid
+    reach = -(-(gemm_taps.shape[1] - 1) // block)  # earlier blocks a row's window reaches into
+    # The bank, zero-padded at the top to whole blocks and cut into one (block, C * block)
+    # matrix per input block: row j's output is sum_q blocks[j - reach + q] @ banks[q].
     bank = toeplitz_bank(gemm_taps, block)
+    aligned = bank.new_zeros((reach + 1) * block, channels * block)
+    aligned[aligned.shape[0] - bank.shape[0] :] = bank
+    banks = aligned.view(reach + 1, block, channels * block)
+    blocks = flat.view(total_rows, block)
     out = x.new_empty(series, channels, padded_length)
+
+    def accumulate(target: torch.Tensor, row_start: int, row_stop: int) -> None:
+        # Non-overlapping input blocks are plain matrices that BLAS reads in place; an
+        # overlapping strided window (stride < width) would be copied by every GEMM.
+        torch.mm(blocks[row_start:row_stop], banks[reach], out=target)
+        for q in range(reach):
+            shift = reach - q
+            low = max(row_start, shift)  # rows before the start of memory stay partial
+            if low < row_stop:
+                target[low - row_start :].addmm_(blocks[low - shift : row_stop - shift], banks[q])
 
     rows_per_chunk = total_rows if x.is_cuda else _CPU_ROWS_PER_CHUNK
     rows_per_series = blocks_per_lane * dilation
@@ -166,22 +178,13 @@ def causal_fir(
             out.view(total_rows, block)[row_start:row_stop] if direct else scratch[: row_stop - row_start]
         )
         if folded:
-            z_first = max(row_start - 1, first_valid)
+            z_first = max(row_start - 1, 0)
             z = half[: row_stop - row_start + 1]
-            torch.mm(
-                windows[z_first - first_valid : row_stop - first_valid],
-                bank,
-                out=z[z_first - row_start + 1 :],
-            )
+            accumulate(z[z_first - row_start + 1 :], z_first, row_stop)
             y_first = max(row_start, head_rows) - row_start
             torch.addcmul(z[y_first + 1 :], z[y_first:-1], ratios, out=target[y_first:])
         else:
-            skip = max(0, first_valid - row_start)  # rows before the start of memory
-            torch.mm(
-                windows[row_start + skip - first_valid : row_stop - first_valid],
-                bank,
-                out=target[skip:],
-            )
+            accumulate(target, row_start, row_stop)
         if not direct:
             count = last - first
             dealt = target.view(count, dilation, blocks_per_lane, channels, block).permute(0, 3, 2, 4, 1)
