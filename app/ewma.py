@@ -44,6 +44,17 @@ def _positive_int(name: str, value: object, low: int = 1) -> int:
     return value
 
 
+def _near_the_maximum(x: Tensor, top: Tensor, bottom: Tensor, gappy: Tensor) -> bool:
+    """Whether any input is within 1e-4 (relative) of the largest finite value of its dtype."""
+    limit = 0.9999 * torch.finfo(x.dtype).max  # compared in float64: in float16 it rounds up
+    if bool(((top.double() > limit) | (bottom.double() < -limit)).any()):
+        return True
+    if not bool(gappy.any()):
+        return False
+    known = torch.nan_to_num(x[gappy], nan=0.0)  # the row extremes above are NaN
+    return bool(known.amax().double() > limit) or bool(known.amin().double() < -limit)
+
+
 def equivalents(alpha: float, kernel_size: int) -> dict[str, float]:
     """pandas' ``span``, ``halflife`` and ``com`` for ``alpha``, and the kernel mass that
     K taps drop, ``(1 - alpha)^K``."""
@@ -215,9 +226,16 @@ class ConvEWMA(nn.Module):
             raise ValueError(
                 f"input must be (N, T), (N, 1, T) or (N, {self.channels}, T), got {tuple(x.shape)}"
             )
-        # A row sum is NaN if the row holds a NaN (or both infinities, which the gap-aware
-        # path also handles): one fast reduction instead of a boolean pass.
-        gappy = torch.isnan(x.sum(dim=-1)).any(dim=1)
+        # Row maxima and minima are NaN where a row holds a NaN: two fast reductions
+        # instead of a boolean pass.
+        top, bottom = x.amax(dim=-1), x.amin(dim=-1)
+        gappy = torch.isnan(top).any(dim=1)
+        if x.dtype != torch.float64 and _near_the_maximum(x, top, bottom, gappy):
+            # Every output is a weighted mean of inputs, so it stays in range, but rounding
+            # in a narrow float can carry one just past the maximum (to infinity); float64
+            # rounding is far finer than the narrow format's last place.
+            wide = self.forward(x.double(), warmup, gaps=gaps, min_periods=min_periods, stride=stride)
+            return wide.to(x.dtype)
         if not bool(gappy.any()):
             y = self._dense(x, mode, min_periods)
         elif torch.is_grad_enabled() or bool(gappy.all()):
@@ -307,8 +325,10 @@ class ConvEWMA(nn.Module):
         taps = self.kernel(torch.float64, normalize=True)
         partial = taps.cumsum(dim=1)[:, : self.kernel_size - 1]  # the full sum is 1
         # Output t of a dilated filter sees lags up to t // d: d outputs share each sum.
+        # Kept in float64 (applied in float64, below): a float32 output near the float32
+        # maximum times a float32 1 / partial can round past it to infinity.
         scale = (1.0 / partial).repeat_interleave(self.dilation, dim=1)
-        return taps.to(dtype), self._fold_ratios(dtype), scale.to(dtype)
+        return taps.to(dtype), self._fold_ratios(dtype), scale
 
     def _fold_ratios(self, dtype: torch.dtype) -> Tensor | None:
         """``(1 - alpha)^(K/2)``: a geometric kernel's second half is its first half scaled."""
@@ -338,9 +358,10 @@ class ConvEWMA(nn.Module):
         if head == 0:
             return y
         scale = scale[:, :head].unsqueeze(0)
+        start = (y[..., :head].to(scale.dtype) * scale).to(y.dtype)
         if y.requires_grad:
-            return torch.cat([y[..., :head] * scale, y[..., head:]], dim=-1)
-        y[..., :head] *= scale
+            return torch.cat([start, y[..., head:]], dim=-1)
+        y[..., :head] = start
         return y
 
     def extra_repr(self) -> str:

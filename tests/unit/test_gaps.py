@@ -247,3 +247,17 @@ def test_dilation_is_validated_and_shown():
     layer = ConvEWMA(1, 8, dilation=4)
     assert layer.receptive_field == 29
     assert "dilation=4" in repr(layer)
+
+
+@pytest.mark.parametrize(("warmup", "normalize"), MODES)
+@pytest.mark.parametrize("gaps", ["decay", "skip"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_inputs_at_the_largest_finite_value_stay_finite(warmup, normalize, gaps, dtype):
+    # Every output is a weighted mean (or, raw, a fraction of one) of the inputs, so it is
+    # finite; narrow-float rounding alone used to carry some to infinity.
+    top = torch.finfo(dtype).max
+    layer = layer_for(32, warmup, normalize)
+    x = np.array([[top, np.nan, top, top, -top] + [top] * 40, [top] * 45])
+    with torch.inference_mode():
+        y = layer(torch.tensor(x, dtype=dtype), gaps=gaps).double().numpy()
+    assert_matches(y, expected(layer, x, gaps=gaps), 1e-3 if dtype == torch.float16 else 1e-5)
