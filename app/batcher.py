@@ -2,9 +2,10 @@
 
 Requests carry one or more ragged 1-D series.  They are split into pieces that fit a
 batch, queued, and run by one loop: whenever the model is idle and work is queued, the
-loop takes the oldest piece plus the queued pieces of the same warm-up mode closest to it
-in length that fit the limits, right-pads them into one ``(N, T)`` tensor (the
-convolution is causal, so right padding cannot change an output), runs one forward in a
+loop takes the oldest piece plus the queued pieces with an equal key (the request's
+options) closest to it in length that fit the limits, right-pads them with zeros into one
+``(N, T)`` tensor of the series' own dtype (the convolution is causal, so right padding
+cannot change an output, and a zero is not a missing value), runs ``forward(x, key)`` in a
 worker thread, trims and hands each piece its rows.  Grouping by length keeps padding
 low; the oldest piece always leads a batch, so no piece starves.  A lone request on an
 idle server runs at once; while a batch runs, arrivals queue and form the next one.  A
@@ -18,15 +19,18 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 
-Forward = Callable[[torch.Tensor, str], torch.Tensor]  # (N, T), warmup -> (N, C, T)
+K = TypeVar("K", bound=Hashable)  # the batch key: pieces share a forward only if equal
+# (N, T), key -> (N, C, T_out), with T_out = output_length(key, T)
+Forward = Callable[[torch.Tensor, K], torch.Tensor]
 
 # Below this many padded values a forward costs less than the per-batch overhead (thread
 # hop, tensor set-up), so a small batch may pad freely rather than split.
@@ -72,10 +76,14 @@ class BatchStats:
     failed: bool
 
 
+def same_length(key: Hashable, length: int) -> int:
+    return length
+
+
 @dataclass(eq=False)
-class _Piece:
+class _Piece(Generic[K]):
     series: Sequence[np.ndarray]
-    warmup: str
+    key: K
     future: asyncio.Future[list[np.ndarray]]
     enqueued_at: float = field(default_factory=time.perf_counter)
 
@@ -105,19 +113,22 @@ def split_request(series: Sequence[np.ndarray], limits: BatchLimits) -> list[lis
     return pieces
 
 
-class MicroBatcher:
-    """Queue plus one batching loop; see the module docstring."""
+class MicroBatcher(Generic[K]):
+    """Queue plus one batching loop; see the module docstring. ``output_length(key, T)``:
+    how many outputs the forward gives a row of ``T`` values (``T`` by default)."""
 
     def __init__(
         self,
-        forward: Forward,
+        forward: Forward[K],
         limits: BatchLimits,
         on_batch: Callable[[BatchStats], None] | None = None,
+        output_length: Callable[[K, int], int] = same_length,
     ) -> None:
         self._forward = forward
         self.limits = limits
         self._on_batch = on_batch
-        self._queue: deque[_Piece] = deque()
+        self._output_length = output_length
+        self._queue: deque[_Piece[K]] = deque()
         self._queued_values = 0
         self._wakeup = asyncio.Event()
         self._closed = False
@@ -147,8 +158,9 @@ class MicroBatcher:
             self._runner = None
         self._executor.shutdown(wait=True)
 
-    async def submit(self, series: Sequence[np.ndarray], warmup: str) -> list[np.ndarray]:
-        """Smooth ``series`` (1-D float32 arrays); returns one ``(C, len)`` array each."""
+    async def submit(self, series: Sequence[np.ndarray], key: K) -> list[np.ndarray]:
+        """Smooth ``series`` (1-D arrays of one dtype) with the options ``key``; returns one
+        ``(C, output_length(key, len))`` array each."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
         if not series:
@@ -160,7 +172,7 @@ class MicroBatcher:
                 f"{self.limits.max_queue_values}"
             )
         loop = asyncio.get_running_loop()
-        pieces = [_Piece(part, warmup, loop.create_future()) for part in split_request(series, self.limits)]
+        pieces = [_Piece(part, key, loop.create_future()) for part in split_request(series, self.limits)]
         self._queue.extend(pieces)
         self._queued_values += values
         self._wakeup.set()
@@ -203,9 +215,9 @@ class MicroBatcher:
         values = sum(p.values for p in self._queue)
         return count >= self.limits.max_batch_size or values >= self.limits.max_batch_values
 
-    def _take_batch(self) -> list[_Piece]:
-        """The oldest live piece plus the same-mode pieces nearest its length that still fit."""
-        live: list[_Piece] = []
+    def _take_batch(self) -> list[_Piece[K]]:
+        """The oldest live piece plus the same-key pieces nearest its length that still fit."""
+        live: list[_Piece[K]] = []
         for piece in self._queue:
             if piece.future.done():  # cancelled before it started: its work is dropped
                 self._queued_values -= piece.values
@@ -217,7 +229,7 @@ class MicroBatcher:
         anchor = live[0]
         scale = math.log2(anchor.longest)
         candidates = sorted(
-            (p for p in live[1:] if p.warmup == anchor.warmup),
+            (p for p in live[1:] if p.key == anchor.key),
             key=lambda p: abs(math.log2(p.longest) - scale),  # stable: ties stay oldest first
         )
         batch = [anchor]
@@ -242,7 +254,7 @@ class MicroBatcher:
         self._queued_values -= values
         return batch
 
-    async def _execute(self, batch: list[_Piece]) -> None:
+    async def _execute(self, batch: list[_Piece[K]]) -> None:
         rows = [s for piece in batch for s in piece.series]
         lengths = [len(s) for s in rows]
         started = time.perf_counter()
@@ -252,7 +264,7 @@ class MicroBatcher:
         try:
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(
-                self._executor, self._run_forward, rows, batch[0].warmup, len(batch) == 1
+                self._executor, self._run_forward, rows, batch[0].key, len(batch) == 1
             )
         except Exception as exc:
             failed = True
@@ -284,8 +296,8 @@ class MicroBatcher:
                     )
                 )
 
-    def _run_forward(self, rows: list[np.ndarray], warmup: str, one_piece: bool) -> list[np.ndarray]:
-        """Pad, run the forward and cut the result into one ``(C, len)`` array per row.
+    def _run_forward(self, rows: list[np.ndarray], key: K, one_piece: bool) -> list[np.ndarray]:
+        """Pad, run the forward and cut the result into one ``(C, outputs)`` array per row.
 
         Runs in the forward thread so that the event loop never copies batch-sized
         arrays. The rows are copied out of the batch output unless it has no padding: a
@@ -295,15 +307,17 @@ class MicroBatcher:
         """
         lengths = [len(s) for s in rows]
         longest = max(lengths)
-        padded = np.zeros((len(rows), longest), dtype=np.float32)
+        # Equal keys mean equal dtypes: float64 stays float64 from the request to the answer.
+        padded = np.zeros((len(rows), longest), dtype=rows[0].dtype)
         for index, values in enumerate(rows):
             padded[index, : len(values)] = values
         with torch.inference_mode():
-            result = self._forward(torch.from_numpy(padded), warmup)
-            output = result.to("cpu", torch.float32).numpy()
+            result = self._forward(torch.from_numpy(padded), key)
+            output = result.cpu().numpy()
         del padded
         if output.shape[0] != len(rows):
             raise BatchFailedError(f"forward returned {output.shape[0]} rows for {len(rows)} series")
         if one_piece and all(length == longest for length in lengths):
             return list(output)
-        return [np.ascontiguousarray(output[i, :, :length]) for i, length in enumerate(lengths)]
+        ends = [self._output_length(key, length) for length in lengths]
+        return [np.ascontiguousarray(output[i, :, :end]) for i, end in enumerate(ends)]

@@ -8,8 +8,10 @@ many only once it is read. So admission goes in steps, each against the same bud
 2. once it is read, before it is parsed: the body plus ``PARSE_BYTES_PER_VALUE`` times an
    upper bound on its values (commas and closing brackets), which covers the parser's
    working memory, the parsed float32 series and, later, the outputs;
-3. once it is parsed: the exact cost of the rest of its life, ``result_bytes`` (always
-   less than step 2 held, so this step only ever gives memory back).
+3. once it is parsed: the exact cost of the rest of its life, ``result_bytes``. For a
+   float32 request without a history this is less than step 2 held, so the step only
+   gives memory back; float64 values (twice the bytes) and a history (the series copied
+   after it) can need more, which is taken as in step 2 (413 or 503).
 
 A request that cannot get its share now is answered 503 with ``Retry-After``; one that
 could never fit, even alone, is answered 413. Everything is released when the last
@@ -24,9 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FLOAT32 = 4
+FLOAT64 = 8
 # Working memory per value while a JSON body is parsed, measured at under 40 bytes (the
 # simdjson tape of a span, its float64 buffer, the float32 series); rounded up, and at
-# least the whole result cost, so that step 3 never needs more than step 2 held.
+# least the whole result cost of a float32 request, so that its step 3 never needs more
+# than step 2 held.
 PARSE_BYTES_PER_VALUE = 48
 # A response is encoded and sent in chunks of this size; a request holds about two.
 ENCODE_CHUNK_BYTES = 1 << 20
@@ -38,15 +42,16 @@ ENCODE_BYTES = 2 * ENCODE_CHUNK_BYTES
 IDLE_PROCESS_BYTES = 320 * 1024 * 1024
 
 
-def batch_bytes(max_batch_values: int, channels: int) -> int:
+def batch_bytes(max_batch_values: int, channels: int, itemsize: int = FLOAT32) -> int:
     """One forward's own arrays, outside the budget: the padded input and its rows, the
-    ``(N, C, T)`` output and the per-request copies cut from it."""
-    return max_batch_values * FLOAT32 * (2 + 2 * channels)
+    ``(N, C, T)`` output and the per-request copies cut from it (float64: ``itemsize`` 8)."""
+    return max_batch_values * itemsize * (2 + 2 * channels)
 
 
 def peak_bytes(max_inflight_bytes: int, max_batch_values: int, channels: int) -> int:
     """The most a server process can hold: the sizing rule for a memory limit."""
-    return IDLE_PROCESS_BYTES + batch_bytes(max_batch_values, channels) + max_inflight_bytes
+    # A float64 batch: the largest one (a request may ask for float64).
+    return IDLE_PROCESS_BYTES + batch_bytes(max_batch_values, channels, FLOAT64) + max_inflight_bytes
 
 
 def parse_bytes(body_bytes: int, values_bound: int, channels: int) -> int:
@@ -57,15 +62,22 @@ def parse_bytes(body_bytes: int, values_bound: int, channels: int) -> int:
     return body_bytes + values_bound * per_value + ENCODE_BYTES
 
 
-def result_bytes_per_value(model_channels: int, chosen_channels: int) -> int:
-    """Input series, the batch's outputs for every channel, and the chosen channels' copy."""
+def result_bytes_per_value(
+    model_channels: int, chosen_channels: int, itemsize: int = FLOAT32, inputs: int = 1
+) -> int:
+    """Input values (``inputs`` copies: 2 with a history, the series again after it), the
+    batch's outputs for every channel, and the chosen channels' copy (none when
+    ``chosen_channels`` is all of them)."""
     selection = chosen_channels if chosen_channels != model_channels else 0
-    return FLOAT32 * (1 + model_channels + selection)
+    return itemsize * (inputs + model_channels + selection)
 
 
-def result_bytes(values: int, model_channels: int, chosen_channels: int) -> int:
-    """Step 3: a parsed request until its response is sent."""
-    return values * result_bytes_per_value(model_channels, chosen_channels) + ENCODE_BYTES
+def result_bytes(
+    values: int, model_channels: int, chosen_channels: int, itemsize: int = FLOAT32, inputs: int = 1
+) -> int:
+    """Step 3: a parsed request until its response is sent (``values``: series and history)."""
+    per_value = result_bytes_per_value(model_channels, chosen_channels, itemsize, inputs)
+    return values * per_value + ENCODE_BYTES
 
 
 class MemoryBudget:

@@ -13,11 +13,15 @@ channels.  File formats:
   index), or when the file has another data column and none of this column's cells is
   a number (ISO dates, quarter labels, names).  A first column with a name and at least
   one number is data, so a numeric index such as Unix seconds needs ``index_col``.
-  Every data cell must be a finite number: empty cells (pandas' ``NaN``) are refused,
-  missing values are not supported yet.
+  A data cell is a finite number or empty: an empty cell (how pandas writes ``NaN``) is a
+  missing value, read as NaN.  Text such as ``nan`` or ``inf`` is refused, as the
+  service refuses those tokens.
 * ``.npy``: a 1-D array (one channel) or a 2-D ``(T, C)`` array; channels are named
-  ``ch0``, ``ch1``, ...
+  ``ch0``, ``ch1``, ...; NaN is a missing value, an infinite value is refused.
 * ``.npz``: one 1-D array per channel, named by the array names, all the same length.
+
+A column (channel) of a file with no observed value at all is refused: nothing can be
+learnt from it or smoothed in it, and it is most likely the wrong column.
 
 Several files may be given; they must name the same channels in the same order.
 """
@@ -57,6 +61,10 @@ class Dataset:
     def total_steps(self) -> int:
         return sum(s.shape[1] for s in self.series)
 
+    @property
+    def missing_values(self) -> int:
+        return sum(int(np.isnan(s).sum()) for s in self.series)
+
     def index_of(self, position: int) -> tuple[str, ...] | None:
         """The index cells of series ``position``, or None when it has none."""
         return self.index[position] if self.index else None
@@ -80,27 +88,41 @@ def _is_number(text: str) -> bool:
 
 def _parse_float(text: str, path: Path, line: int, column: str) -> float:
     if not text.strip():
-        raise DataError(
-            f"{path}:{line}: column {column!r}: empty cell (missing values are not supported yet)"
-        )
+        return math.nan  # a missing value
     try:
         value = float(text)
     except ValueError:
         raise DataError(f"{path}:{line}: column {column!r}: {text!r} is not a number") from None
     if not math.isfinite(value):
-        raise DataError(f"{path}:{line}: column {column!r}: {text!r} is not a finite number")
+        raise DataError(
+            f"{path}:{line}: column {column!r}: {text!r} is not a finite number"
+            " (leave the cell empty for a missing value)"
+        )
     return value
 
 
+def _check_observed(path: Path, channels: tuple[str, ...], series: list[np.ndarray], noun: str) -> None:
+    """Refuse a column that has no observed value in the whole file."""
+    observed = np.zeros(len(channels), dtype=bool)
+    for values in series:
+        observed |= ~np.isnan(values).all(axis=1)
+    if not observed.all():
+        name = channels[int(np.flatnonzero(~observed)[0])]
+        raise DataError(f"{path}: {noun} {name!r} has no observed value (all missing)")
+
+
 def _read_records(path: Path) -> list[tuple[int, list[str]]]:
-    """Every non-blank record with the file line it ends on (quoted newlines counted)."""
+    """Every record but blank lines, with the file line it ends on (quoted newlines counted).
+
+    A line of empty cells (``,,``: every value of that step missing) is a record; an empty
+    line is not, as in pandas, so a one-column file cannot mark a missing value."""
     records: list[tuple[int, list[str]]] = []
     # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name.
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         try:
             for row in reader:  # bounded by the file
-                if row and any(cell.strip() for cell in row):
+                if len(row) > 1 or (row and row[0].strip()):
                     records.append((reader.line_num, row))
         except csv.Error as exc:
             raise DataError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
@@ -161,6 +183,7 @@ def _read_csv(path: Path, index_col: str | None) -> _FileData:
     if not groups:
         raise DataError(f"{path}: no data rows")
     series = [np.asarray(values, dtype=np.float64).T.copy() for values in groups.values()]
+    _check_observed(path, channels, series, "column")
     if index_at is None:
         return _FileData(channels, series)
     return _FileData(channels, series, header[index_at], [tuple(labels[key]) for key in groups])
@@ -191,10 +214,11 @@ def _read_numpy(path: Path) -> _FileData:
     if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
         raise DataError(f"{path}: arrays must hold real numbers, got {matrix.dtype}")
     matrix = matrix.astype(np.float64)
-    bad = np.argwhere(~np.isfinite(matrix))
+    bad = np.argwhere(np.isinf(matrix))
     if bad.size:
         channel, step = bad[0]
-        raise DataError(f"{path}: channel {names[channel]!r} step {step}: value is NaN or infinite")
+        raise DataError(f"{path}: channel {names[channel]!r} step {step}: value is infinite")
+    _check_observed(path, names, [matrix], "channel")
     return _FileData(names, [matrix])
 
 

@@ -37,11 +37,16 @@ def window_counts(observed: Tensor, kernel_size: int, dilation: int) -> Tensor:
 
 
 def prestart_mass(taps: Tensor, dilation: int, length: int) -> Tensor:
-    """``(C, min(T, (K-1)d))``: the weight of the lags of position t that fall before the start."""
+    """``(C, min(T, (K-1)d))``: the weight of the lags of position t that fall before the start.
+
+    Summed from the tail in float64: ``total - partial`` would cancel catastrophically
+    when the tail is tiny (a fast alpha), and the tail's relative error is what matters
+    where few observations remain in the window.
+    """
     head = min(length, (taps.shape[1] - 1) * dilation)
-    reached = torch.arange(head, device=taps.device) // dilation  # the last lag inside
-    inside = taps.cumsum(dim=1)[:, reached]
-    return taps.sum(dim=1, keepdim=True) - inside
+    tails = taps.double().flip(1).cumsum(dim=1).flip(1)  # tails[:, k] = sum of taps k..K-1
+    first_outside = torch.arange(head, device=taps.device) // dilation + 1
+    return tails[:, first_outside].to(taps.dtype)
 
 
 def without_short_windows(y: Tensor, counts: Tensor, min_periods: int) -> Tensor:

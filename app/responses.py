@@ -1,6 +1,7 @@
 """Responses: small ones built whole, large ``/smooth`` results encoded and sent in chunks.
 
-A result's JSON is about 16 bytes per output value, four times its float32 arrays;
+A result's JSON is about 16 bytes per output value (float64: about 20), four times its
+float32 arrays;
 building it whole would make the response the largest object of a request. Past
 ``STREAM_VALUES`` output values it is encoded in about ``ENCODE_CHUNK_BYTES`` at a time
 in the codec thread and sent as each chunk is ready (chunked transfer encoding), so a
@@ -21,7 +22,8 @@ from app.budget import ENCODE_CHUNK_BYTES
 from app.intake import Deadline
 from app.jsoncodec import encode_smooth_response
 from app.metrics import Receive, Scope, Send
-from app.service import SmoothingService, SmoothResult, Ticket
+from app.results import SmoothResult
+from app.service import SmoothingService, Ticket
 
 logger = logging.getLogger("convewma")
 JSON = "application/json"
@@ -39,7 +41,12 @@ def smooth_response(
 ) -> Response:
     """The response for a result; it owns ``ticket`` from here on."""
     chunks = encode_smooth_response(
-        result.smoothed, result.channels, result.alphas, result.model_version, ENCODE_CHUNK_BYTES
+        result.smoothed,
+        result.channels,
+        result.alphas,
+        result.model_version,
+        ENCODE_CHUNK_BYTES,
+        result.history,
     )
     if result.values <= STREAM_VALUES:
         response = Response(b"".join(chunks), media_type=JSON)

@@ -7,9 +7,11 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.batcher import BatcherClosedError
+from app.budget import Reservation
 from app.docs import SMOOTH_OK, smooth_request_body
 from app.intake import BodyLimits, Deadline, content_coding, read_body, until_disconnected
 from app.responses import json_response, smooth_response
+from app.results import SmoothResult
 from app.schemas import (
     AlphasResponse,
     ErrorResponse,
@@ -57,8 +59,10 @@ def declared_length(request: Request) -> int | None:
     responses={200: SMOOTH_OK, **ERRORS},
     openapi_extra=smooth_request_body(SmoothRequest.model_json_schema()),
     summary="Smooth series with the model's channels",
-    description="The body may be sent compressed (`Content-Encoding: gzip` or `deflate`); "
-    "the size limit applies to its decompressed bytes.",
+    description="Missing values are null, in the request and in the answer. A long series can be "
+    "sent in chunks: send each with the history the previous answer returned. The body may be "
+    "sent compressed (`Content-Encoding: gzip` or `deflate`); the size limit applies to its "
+    "decompressed bytes.",
     operation_id="smooth",
 )
 async def smooth(request: Request) -> Response:
@@ -82,11 +86,21 @@ async def smooth(request: Request) -> Response:
         # the client would see a reset instead of this 503.
         if request.app.state.drain.active:
             raise BatcherClosedError("the server is shutting down; retry on another replica")
-        result = await until_disconnected(request.receive, service.smooth(body, ticket.reservation, deadline))
+        work = parse_and_smooth(service, body, ticket.reservation, deadline)
+        del body  # the work holds it until it is parsed, and no longer
+        result = await until_disconnected(request.receive, work)
         return smooth_response(result, service, ticket, deadline)
     except BaseException:
         ticket.close()
         raise
+
+
+async def parse_and_smooth(
+    service: SmoothingService, body: bytes, reservation: Reservation, deadline: Deadline
+) -> SmoothResult:
+    job = await service.parse(body, reservation, deadline)
+    del body
+    return await service.smooth(job, reservation, deadline)
 
 
 @router.get(
@@ -99,9 +113,12 @@ async def alphas(request: Request) -> Response:
             "alphas": service.alphas,
             "channels": list(service.channels),
             "kernel_size": service.model.kernel_size,
+            "dilation": service.model.dilation,
+            "receptive_field": service.model.receptive_field,
             "normalize": service.model.normalize,
             "warmup": service.model.warmup,
             "model_version": service.model_version,
+            **service.equivalents,
         }
     )
 

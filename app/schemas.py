@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.ewma import Warmup
+from app.ewma import Gaps, Warmup
+from app.options import DType, Pairing
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -44,21 +45,38 @@ class RequestLimits:
 
 @dataclass(frozen=True)
 class SmoothJob:
-    series: list[np.ndarray]  # float32, 1-D, non-empty, finite
-    channels: list[int]  # model channel indices, in the order asked
-    warmup: str | None  # None: the model's default
+    """A parsed, validated ``/smooth`` body; the service resolves its defaults."""
+
+    series: list[np.ndarray]  # 1-D, non-empty, of ``dtype``, NaN = missing, no infinity
+    channels: list[int]  # model channel indices, in the order asked (pairing "each": one per series)
+    warmup: Warmup | None  # None: the model's default
+    history: list[np.ndarray] | None = None  # one per series, may be empty; None: not sent
+    pairing: Pairing = "bank"
+    gaps: Gaps = "decay"
+    min_periods: int = 1  # >= 0; the service checks it against the kernel size
+    dtype: DType = "float32"
+    stride: int = 1
+
+
+NUMBERS = "numbers or null (a missing value)"
 
 
 class SmoothRequest(BaseModel):
-    """Series to smooth, and optionally which channels and which warm-up."""
+    """Series to smooth, and how."""
 
-    series: list[list[float]] = Field(
-        description="one or more non-empty series of finite numbers (float32 range)"
+    series: list[list[float | None]] = Field(
+        description=f"one or more non-empty series of {NUMBERS}; finite, in the float32 range unless "
+        "'dtype' is float64"
     )
     channels: list[str | int] | None = Field(
         None,
-        description="channels by name or index (see GET /alphas), each at most once; default all, "
-        "in the model's order",
+        description="channels by name or index (see GET /alphas). pairing bank: each at most once, "
+        "default all in the model's order; pairing each: required, one per series (series[i] is "
+        "smoothed by channels[i] only; a channel may serve several series)",
+    )
+    pairing: Pairing = Field(
+        "bank",
+        description="bank: every series by every chosen channel; each: series[i] by channels[i] only",
     )
     warmup: Warmup | None = Field(
         None,
@@ -66,28 +84,72 @@ class SmoothRequest(BaseModel):
         "renormalised over the values seen so far (pandas' ewm adjust=True); default the model's "
         "(GET /alphas)",
     )
+    gaps: Gaps = Field(
+        "decay",
+        description="how a missing value (null) is treated. decay: it is a step that passes, older "
+        "values keep decaying and the weights are renormalised over the observed ones (pandas "
+        "ignore_na=False); skip: the observed values are smoothed as if adjacent, and a missing "
+        "position repeats the output before it (pandas ignore_na=True)",
+    )
+    min_periods: int = Field(
+        1,
+        ge=0,
+        description="an output is null where fewer real observations are in its window (0 to the "
+        "kernel size; 0 behaves as 1: a window without any observation is always null)",
+    )
+    dtype: DType = Field("float32", description="precision of the computation and of the answer's values")
+    stride: int = Field(
+        1,
+        ge=1,
+        description="answer every stride-th output only: positions 0, s, 2s, ... (counted from the "
+        "start of the history when one is sent); at most the series length limit",
+    )
+    history: list[list[float | None]] | None = Field(
+        None,
+        description=f"one list per series ({NUMBERS}, may be empty): the raw values that came just "
+        "before it, oldest first, as the previous answer's history returned them. The answer is "
+        "that of history + series without the history's outputs, and carries the history for the "
+        "next chunk",
+    )
 
 
 class SmoothResponse(BaseModel):
-    """The smoothed series (float32 values), with the channels and alphas that made them."""
+    """The smoothed series, with the channels and alphas that made them."""
 
-    smoothed: list[list[list[float]]] = Field(
-        description="smoothed[i][j]: series i smoothed by channels[j], as long as series i"
+    smoothed: list[list[list[float | None]]] = Field(
+        description="smoothed[i][j]: series i smoothed by channels[j] (pairing each: j = 0 only), "
+        "ceil(length / stride) values (with a history: the outputs after it); null where missing"
     )
-    channels: list[str] = Field(description="the channels used, in the order asked")
+    channels: list[str] = Field(
+        description="the channels used, in the order asked (pairing each: one per series, in series order)"
+    )
     alphas: list[float] = Field(description="the smoothing factor of each of those channels")
     model_version: str = Field(description="sha256 of the weights file")
+    history: list[list[float | None]] | None = Field(
+        None,
+        description="only when the request had a history: for each series, the raw tail of history "
+        "+ series to send as the next request's history",
+    )
 
 
 class AlphasResponse(BaseModel):
-    """The model in use."""
+    """The model in use; the lists are in channel order."""
 
     alphas: list[float]
     channels: list[str]
     kernel_size: int
+    dilation: int = Field(description="taps at lags 0, d, ..., (K-1)d")
+    receptive_field: int = Field(description="(kernel_size - 1) * dilation + 1 values")
     normalize: bool
     warmup: Warmup
     model_version: str
+    span: list[float] = Field(description="pandas' ewm span of each alpha: 2 / alpha - 1")
+    halflife: list[float] = Field(description="pandas' ewm halflife: log(0.5) / log(1 - alpha)")
+    com: list[float] = Field(description="pandas' ewm center of mass: 1 / alpha - 1")
+    truncated_mass: list[float] = Field(
+        description="the kernel mass the K taps drop, (1 - alpha)^K; above 0.01, a larger K or "
+        "dilation would track the EWMA more closely"
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -9,7 +9,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -18,11 +17,14 @@ import torch
 from app.admission import StandingQueue
 from app.batcher import BatchLimits, MicroBatcher
 from app.budget import MemoryBudget, Reservation, parse_bytes, result_bytes
+from app.ewma import GAP_MODES, WARMUP_MODES, equivalents
 from app.intake import Deadline, ServerBusyError, reserve
 from app.jsoncodec import count_values_upper_bound, parse_smooth_body
 from app.metrics import ServiceMetrics
+from app.options import DTYPES, SmoothOptions
+from app.results import Reach, SmoothResult, finish, options_for, rows_of
 from app.runtime import release_free_memory, tune_allocator
-from app.schemas import RequestError, RequestLimits
+from app.schemas import RequestLimits, SmoothJob
 from app.settings import Settings
 from app.weights import LoadedModel, load_weights
 from app.workers import OldestFirstPool
@@ -37,14 +39,7 @@ SWITCH_INTERVAL_S = 0.001  # GIL hand-over interval while serving (benchmarks/RE
 BACKLOG_LIMIT_S = 0.5
 TRIM_DELAY_S = 0.5  # a heap trim runs this long after the last request ends, if none began
 
-
-@dataclass(frozen=True)
-class SmoothResult:
-    smoothed: list[np.ndarray]  # (len(channels), T_i) float32 per series
-    channels: list[str]
-    alphas: list[float]
-    model_version: str
-    values: int  # output values, for choosing how to encode
+__all__ = ["SmoothResult", "SmoothingService", "Ticket"]  # SmoothResult: app.results
 
 
 class Ticket:
@@ -102,8 +97,17 @@ class SmoothingService:
         self.channels = self.loaded.card.channels
         self.model_version = f"sha256:{self.loaded.sha256}"
         with torch.inference_mode():
-            self.alphas = [float(a) for a in self.model.alphas.cpu().tolist()]
-        self.batcher = MicroBatcher(
+            # In float64, as float64 requests use them: the kernel's first tap is alpha itself.
+            first_taps = self.model.kernel(torch.float64, normalize=False)[:, 0]
+            self.alphas = [float(a) for a in first_taps.cpu().tolist()]
+        kernel_size = self.model.kernel_size
+        # pandas' span, halflife and com and the truncated kernel mass, each a list in channel order
+        self.equivalents = {
+            name: [equivalents(alpha, kernel_size)[name] for alpha in self.alphas]
+            for name in ("span", "halflife", "com", "truncated_mass")
+        }
+        self.reach = Reach(kernel_size, self.model.dilation)
+        self.batcher: MicroBatcher[SmoothOptions] = MicroBatcher(
             self.forward,
             BatchLimits(
                 max_batch_size=settings.max_batch_size,
@@ -113,6 +117,7 @@ class SmoothingService:
                 max_padding_fraction=settings.max_padding_fraction,
             ),
             on_batch=metrics.observe_batch,
+            output_length=SmoothOptions.output_length,
         )
         metrics.model.info(
             {
@@ -124,17 +129,26 @@ class SmoothingService:
             }
         )
 
-    def forward(self, x: torch.Tensor, warmup: str) -> torch.Tensor:
-        """(N, T) float32 on the CPU to (N, C, T) on the CPU; runs in the batcher's thread."""
+    def forward(self, x: torch.Tensor, options: SmoothOptions) -> torch.Tensor:
+        """(N, T) on the CPU (NaN = missing) to (N, C, ceil(T / stride)) on the CPU, in the
+        input's dtype; runs in the batcher's thread."""
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        smoothed: torch.Tensor = self.model(x, warmup=warmup)
+        smoothed: torch.Tensor = self.model(
+            x, options.warmup, gaps=options.gaps, min_periods=options.min_periods, stride=options.stride
+        )
         return smoothed.cpu()
 
     def warm_up(self) -> None:
+        # Every path a request can take (each builds and caches its own constants).
         with torch.inference_mode():
-            for warmup in ("zeros", "adjust"):
-                self.forward(torch.zeros(2, 64), warmup)
+            for warmup in WARMUP_MODES:
+                for gaps in GAP_MODES:
+                    for dtype in DTYPES:
+                        x = torch.zeros(2, 64, dtype=getattr(torch, dtype))
+                        x[0, 3] = float("nan")
+                        options = SmoothOptions(warmup, gaps, dtype=dtype)  # type: ignore[arg-type]
+                        self.forward(x, options)
 
     async def start(self) -> None:
         # The event loop needs the GIL for every socket read; with the codec thread
@@ -200,46 +214,55 @@ class SmoothingService:
                 await future
             raise
 
-    async def smooth(self, body: bytes, reservation: Reservation, deadline: Deadline) -> SmoothResult:
-        """Parse, admit, batch, select and check one request; the caller encodes the result."""
-        channels = len(self.channels)
+    async def parse(self, body: bytes, reservation: Reservation, deadline: Deadline) -> SmoothJob:
+        """Budget step 2 for a read body, then the body parsed and every field checked."""
         inline = len(body) <= INLINE_BYTES
         # About 0.4 ms per MiB: off the loop too, unless the body is small.
         values_bound = await self.codec_call(deadline, count_values_upper_bound, body, inline=inline)
-        needed = parse_bytes(len(body), values_bound, channels)
-        too_big = (
-            f"this request needs about {needed} bytes of server memory; the limit is "
-            f"{reservation.budget.capacity}: send it in smaller requests"
-        )
-        reserve(reservation, needed, too_big)
+        needed = parse_bytes(len(body), values_bound, len(self.channels))
+        reserve(reservation, needed, self._too_big(needed, reservation))
         limits = RequestLimits(self.settings.max_series, self.settings.max_length)
-        job = await self.codec_call(deadline, parse_smooth_body, body, limits, self.channels, inline=inline)
-        del body
-        values = sum(len(s) for s in job.series)
-        reservation.resize(min(reservation.held, result_bytes(values, channels, len(job.channels))))
-        warmup = job.warmup or self.model.warmup
-        chosen = job.channels
-        outputs = await asyncio.wait_for(self.batcher.submit(job.series, warmup), deadline.check())
-        del job
-        selection = None if chosen == list(range(channels)) else np.asarray(chosen)
-        smoothed = await self.codec_call(
-            deadline, select_and_check, outputs, selection, inline=values * len(chosen) <= INLINE_VALUES
+        return await self.codec_call(deadline, parse_smooth_body, body, limits, self.channels, inline=inline)
+
+    async def smooth(self, job: SmoothJob, reservation: Reservation, deadline: Deadline) -> SmoothResult:
+        """Defaults, history, batching, channels and output checks for one parsed request."""
+        options = options_for(job, self.model.kernel_size, self.model.warmup)
+        values = sum(len(s) for s in job.series) + sum(len(h) for h in job.history or ())
+        rows = await self.codec_call(deadline, rows_of, job, inline=values <= INLINE_VALUES)
+        model_channels = len(self.channels)
+        # Pairing each takes a view of one channel; a choice of channels is a copy of them.
+        copied = model_channels if job.pairing == "each" else len(job.channels)
+        itemsize = np.dtype(options.numpy_dtype).itemsize
+        needed = result_bytes(
+            values, model_channels, copied, itemsize, inputs=1 if job.history is None else 2
+        )
+        # Less than step 2 held, except for float64 or a history: then it may take more.
+        reserve(reservation, needed, self._too_big(needed, reservation))
+        outputs = await asyncio.wait_for(self.batcher.submit(rows, options), deadline.check())
+        width = 1 if job.pairing == "each" else len(job.channels)
+        smoothed, history = await self.codec_call(
+            deadline,
+            finish,
+            outputs,
+            rows,
+            job,
+            options,
+            self.reach,
+            model_channels,
+            inline=values * width <= INLINE_VALUES,
         )
         return SmoothResult(
             smoothed=smoothed,
-            channels=[self.channels[c] for c in chosen],
-            alphas=[self.alphas[c] for c in chosen],
+            channels=[self.channels[c] for c in job.channels],
+            alphas=[self.alphas[c] for c in job.channels],
             model_version=self.model_version,
-            values=values * len(chosen),
+            values=sum(block.size for block in smoothed),
+            history=history,
         )
 
-
-def select_and_check(outputs: list[np.ndarray], selection: np.ndarray | None) -> list[np.ndarray]:
-    """The chosen channels of every series (a copy only when not all, in order)."""
-    smoothed = outputs if selection is None else [output[selection] for output in outputs]
-    for index, values in enumerate(smoothed):
-        if not np.isfinite(values).all():
-            raise RequestError(
-                422, f"series[{index}]: the smoothed values overflow float32; scale the input down"
-            )
-    return smoothed
+    @staticmethod
+    def _too_big(needed: int, reservation: Reservation) -> str:
+        return (
+            f"this request needs about {needed} bytes of server memory; the limit is "
+            f"{reservation.budget.capacity}: send it in smaller requests"
+        )

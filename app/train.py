@@ -1,10 +1,13 @@
 """Fitting the smoothing factors by one-step-ahead forecast error.
 
 Simple exponential smoothing is classically fitted by minimising the squared error of
-predicting ``x_{t+1}`` by the smoothed value ``y_t``; we do the same, channel by
-channel, with every series of the data set.  Predictions whose window is not yet full
-(``t < K - 1``) are left out of the loss so that the fit does not depend on how the
-warm-up is treated.  Training runs in float64 on one CPU thread so that the same data
+predicting ``x_t`` by the smoothed value ``y_{t-1}``; we do the same, channel by channel,
+with every series of the data set.  Every forecast from ``t = 1`` is scored: the
+forecasts come from the bias-corrected start (``warmup="adjust"``, whatever the model's
+serving warm-up), so ``y_0 = x_0`` and a short series loses none of its data to the
+warm-up.  Missing values (NaN) are smoothed over by the layer (``gaps="decay"``) and
+left out of the loss: a forecast counts where its target is observed and its window
+holds an observation.  Training runs in float64 on one CPU thread so that the same data
 and arguments give the same weights, bit for bit.
 """
 
@@ -14,17 +17,19 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from app.data import Dataset
-from app.ewma import ConvEWMA
+from app.ewma import MAX_KERNEL_SIZE, ConvEWMA, equivalents
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     kernel_size: int = 32
     normalize: bool = True
-    warmup: str = "zeros"
+    warmup: str = "adjust"  # the model's serving warm-up; the loss always uses "adjust"
+    dilation: int = 1
     epochs: int = 300
     lr: float = 0.05
     seed: int = 0
@@ -35,11 +40,13 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if self.dilation < 1:
+            raise ValueError(f"dilation must be >= 1, got {self.dilation}")
 
     @property
     def min_length(self) -> int:
-        """Steps a series needs: a full window plus at least two forecasts."""
-        return self.kernel_size + 2
+        """Steps a series needs: one value and the one it forecasts."""
+        return 2
 
 
 @dataclass(frozen=True)
@@ -47,18 +54,58 @@ class TrainResult:
     model: ConvEWMA
     channel_losses: tuple[float, ...]  # final one-step-ahead MSE per channel
     final_loss: float  # mean of the per-channel losses
+    forecasts: tuple[int, ...]  # scored forecasts per channel
 
 
-def _channel_losses(model: ConvEWMA, inputs: list[torch.Tensor], burn_in: int) -> torch.Tensor:
-    """Mean squared one-step-ahead error per channel over all series."""
+# Above this share of the kernel's mass dropped by the K taps, the truncated filter is
+# noticeably not the exponential smoother its alpha names.
+TRUNCATION_WARNING = 0.01
+
+
+def truncation_advice(alpha: float, kernel_size: int, dilation: int = 1) -> str | None:
+    """A one-line warning when K taps drop more than 1% of the kernel's mass, else None."""
+    dropped = equivalents(alpha, kernel_size)["truncated_mass"]
+    if dropped <= TRUNCATION_WARNING:
+        return None
+    # Taps that would hold 99% of the mass. A dilation d makes each tap d steps, so the
+    # same memory needs a larger alpha: about taps / K as many steps per tap.
+    taps = math.ceil(math.log(TRUNCATION_WARNING) / math.log1p(-alpha))
+    if taps <= MAX_KERNEL_SIZE:
+        fix = f"--kernel-size {taps}"
+    else:
+        steps = dilation * math.ceil(taps / MAX_KERNEL_SIZE)
+        fix = f"--kernel-size {MAX_KERNEL_SIZE} --dilation {steps}"
+    return (
+        f"alpha {alpha:.4f}: the {kernel_size} taps drop {dropped:.1%} of the kernel's mass;"
+        f" retrain with {fix}"
+    )
+
+
+def _step_scale(dataset: Dataset) -> torch.Tensor:
+    """Per channel, the variance of its observed one-step changes (1 where there is none)."""
+    steps = [np.diff(values, axis=1) for values in dataset.series]
+    joined = np.concatenate(steps, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        finite = np.isfinite(joined)
+        count = finite.sum(axis=1)
+        mean = np.where(finite, joined, 0.0).sum(axis=1) / np.maximum(count, 1)
+        var = np.where(finite, (joined - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(count - 1, 1)
+    return torch.from_numpy(np.where((count > 1) & (var > 0), var, 1.0))
+
+
+def _channel_losses(model: ConvEWMA, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squared one-step-ahead errors per channel over all series, and their count."""
     total = torch.zeros(model.channels, dtype=torch.float64)
-    count = 0
+    count = torch.zeros(model.channels, dtype=torch.float64)
     for x in inputs:
-        smoothed = model(x)  # (1, C, T), depth-wise
-        errors = smoothed[0, :, burn_in:-1] - x[0, :, burn_in + 1 :]
+        forecast = model(x, warmup="adjust")[0, :, :-1]  # (C, T - 1), depth-wise
+        target = x[0, :, 1:]
+        scored = ~(torch.isnan(forecast) | torch.isnan(target))
+        # Masked before squaring: a NaN inside the square would poison the gradient.
+        errors = torch.where(scored, forecast - target, torch.zeros((), dtype=torch.float64))
         total = total + errors.pow(2).sum(dim=1)
-        count += errors.shape[1]
-    return total / count
+        count = count + scored.sum(dim=1)
+    return total, count
 
 
 def fit(
@@ -76,21 +123,29 @@ def fit(
             config.kernel_size,
             normalize=config.normalize,
             warmup=config.warmup,
+            dilation=config.dilation,
             alpha=config.initial_alpha,
             dtype=torch.float64,
         )
-        inputs = [torch.from_numpy(s).unsqueeze(0) for s in dataset.series]
+        inputs = [torch.tensor(s, dtype=torch.float64).unsqueeze(0) for s in dataset.series]
+        with torch.no_grad():
+            _, scored = _channel_losses(model, inputs)
+        if bool((scored == 0).any()):
+            name = dataset.channels[int((scored == 0).nonzero()[0])]
+            raise ValueError(
+                f"channel {name!r} has no forecast to score: no observed value has an"
+                f" observation in the {model.receptive_field} steps before it"
+            )
         # Each channel's loss only depends on its own alpha; dividing by the variance of
         # its steps puts channels of different scales on the same footing for Adam.
-        scale = torch.stack([torch.from_numpy(s).diff(dim=1).var(dim=1) for s in dataset.series]).mean(0)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = _step_scale(dataset)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-        burn_in = config.kernel_size - 1
         model.train()
         for epoch in range(config.epochs):
             optimizer.zero_grad()
-            loss = (_channel_losses(model, inputs, burn_in) / scale).mean()
+            total, count = _channel_losses(model, inputs)
+            loss = (total / count / scale).mean()
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             optimizer.step()
             schedule.step()
@@ -98,11 +153,13 @@ def fit(
                 on_epoch(epoch, loss.item())
         model.eval()
         with torch.no_grad():
-            losses = _channel_losses(model, inputs, burn_in)
+            total, count = _channel_losses(model, inputs)
+            losses = total / count
         return TrainResult(
             model=model,
             channel_losses=tuple(float(v) for v in losses),
             final_loss=float(losses.mean()),
+            forecasts=tuple(int(n) for n in count.tolist()),
         )
     finally:
         torch.set_num_threads(threads)

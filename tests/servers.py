@@ -15,7 +15,7 @@ from typing import IO, Any
 import httpx
 import numpy as np
 
-from tests.reference import bank_reference, max_relative_error
+from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 
 
 def free_port() -> int:
@@ -108,7 +108,8 @@ def check_drain_answers(
     responses: list[httpx.Response], series: np.ndarray, alphas: np.ndarray, detail: str | None = None
 ) -> None:
     """Answers around a drain: 200s equal the float64 reference, refusals are clean 503s."""
-    expected = bank_reference(series, alphas, 32)
+    shipped = read_weights_file(SHIPPED_WEIGHTS)
+    expected = bank_reference(series, alphas, shipped.kernel_size, shipped.warmup, shipped.normalize)
     for response in responses:
         if response.status_code == 200:
             assert max_relative_error(np.array(response.json()["smoothed"]), expected) <= 1e-5

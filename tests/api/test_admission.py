@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from app.budget import parse_bytes
 from app.main import create_app
 from app.responses import STREAM_VALUES
-from tests.api.test_api import ALPHAS, settings
+from tests.api.test_api import ALPHAS, SHIPPED, settings
 from tests.reference import bank_reference, max_relative_error
 
 pytestmark = pytest.mark.anyio
@@ -173,7 +173,7 @@ async def test_large_results_are_streamed_and_exact(served):
         assert "content-length" not in r.headers  # sent in chunks (ASGITransport joins them)
         chunks = [chunk async for chunk in r.aiter_raw()]
     data = orjson.loads(b"".join(chunks))
-    expected = bank_reference(np.array(series, dtype=np.float64), ALPHAS, 32)
+    expected = bank_reference(np.array(series, dtype=np.float64), ALPHAS, 32, SHIPPED.card.warmup)
     assert max_relative_error(np.array(data["smoothed"]), expected) <= 1e-5
     assert_clean(app)
 
@@ -205,5 +205,5 @@ async def test_the_float32_maximum_the_server_writes_is_accepted(served):
         "/smooth", content=b'{"series": [[3.4028235e+38, -3.4028235e+38]]}', headers=JSON
     )
     assert response.status_code == 200, response.text
-    expected = bank_reference(np.array([[biggest, -biggest]]), ALPHAS, 32)[0]
+    expected = bank_reference(np.array([[biggest, -biggest]]), ALPHAS, 32, SHIPPED.card.warmup)[0]
     assert max_relative_error(np.array(response.json()["smoothed"][0]), expected) <= 1e-5

@@ -69,7 +69,7 @@ async def test_smooth_matches_reference(client, warmup):
     assert data["model_version"] == f"sha256:{SHIPPED.sha256}"
     np.testing.assert_allclose(data["alphas"], ALPHAS, rtol=1e-6)
     for values, smoothed in zip(series, data["smoothed"], strict=True):
-        expected = bank_reference(np.array([values]), ALPHAS, 32, warmup or "zeros")[0]
+        expected = bank_reference(np.array([values]), ALPHAS, 32, warmup or SHIPPED.card.warmup)[0]
         assert np.array(smoothed).shape == (4, len(values))
         assert max_relative_error(np.array(smoothed), expected) <= 1e-5
 
@@ -79,14 +79,14 @@ async def test_channel_selection_by_name_and_index(client):
     assert response.status_code == 200
     data = response.json()
     assert data["channels"] == ["unemp", "infl"]
-    expected = bank_reference(np.array([[1.0, 2, 3]]), ALPHAS[[3, 0]], 32)[0]
+    expected = bank_reference(np.array([[1.0, 2, 3]]), ALPHAS[[3, 0]], 32, SHIPPED.card.warmup)[0]
     assert max_relative_error(np.array(data["smoothed"][0]), expected) <= 1e-5
 
 
 async def test_alphas_route(client):
     data = (await client.get("/alphas")).json()
     assert data["channels"] == CHANNELS
-    assert (data["kernel_size"], data["normalize"], data["warmup"]) == (32, True, "zeros")
+    assert (data["kernel_size"], data["normalize"], data["warmup"]) == (32, True, SHIPPED.card.warmup)
     np.testing.assert_allclose(data["alphas"], ALPHAS, rtol=1e-6)
 
 
@@ -164,7 +164,7 @@ async def test_concurrent_requests_are_batched_and_exact():
         assert response.status_code == 200
         batched = response.json()["smoothed"]
         for values, smoothed, by_itself in zip(request, batched, single.json()["smoothed"], strict=True):
-            expected = bank_reference(np.array([values]), ALPHAS, 32)[0]
+            expected = bank_reference(np.array([values]), ALPHAS, 32, SHIPPED.card.warmup)[0]
             assert max_relative_error(np.array(smoothed), expected) <= 1e-5
             # A batch may take another kernel than a lone request: equal to float32 rounding.
             assert max_relative_error(np.array(smoothed), np.array(by_itself)) <= 1e-6
@@ -191,7 +191,7 @@ class _Overflowing(torch.nn.Module):
     kernel_size = 32
     normalize = True
 
-    def forward(self, x: torch.Tensor, warmup: str = "zeros") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, warmup: str = "zeros", **options: object) -> torch.Tensor:
         y = x.unsqueeze(1).repeat(1, 4, 1)
         y[x.abs().unsqueeze(1).expand_as(y) > 1e30] = float("inf")
         return y

@@ -24,8 +24,15 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
+from app.options import SmoothOptions
 from app.settings import Settings
-from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
+from tests.reference import (
+    SHIPPED_WEIGHTS,
+    bank_reference,
+    max_relative_error,
+    pandas_equivalents,
+    read_weights_file,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -79,7 +86,9 @@ def assert_smoothed(series: list[list[float]], reply: dict[str, object], channel
     assert isinstance(smoothed, list)
     assert len(smoothed) == len(series)
     for values, got in zip(series, smoothed, strict=True):
-        expected = bank_reference(np.array([values]), EXPECTED_ALPHAS[channels], SHIPPED.kernel_size)[0]
+        expected = bank_reference(
+            np.array([values]), EXPECTED_ALPHAS[channels], SHIPPED.kernel_size, SHIPPED.warmup
+        )[0]
         assert np.array(got).shape == expected.shape
         assert max_relative_error(np.array(got), expected) <= SMOOTH_TOLERANCE
 
@@ -128,6 +137,11 @@ async def test_alphas_route_reports_the_alphas_of_the_weights_file():
     )
     assert data["model_version"] == MODEL_VERSION
     np.testing.assert_allclose(data["alphas"], EXPECTED_ALPHAS, rtol=ALPHA_RTOL, atol=0)
+    dilation = int(SHIPPED.metadata.get("dilation", "1"))
+    assert (data["dilation"], data["receptive_field"]) == (dilation, (SHIPPED.kernel_size - 1) * dilation + 1)
+    for name in ("span", "halflife", "com", "truncated_mass"):
+        expected = [pandas_equivalents(a, SHIPPED.kernel_size)[name] for a in EXPECTED_ALPHAS]
+        np.testing.assert_allclose(data[name], expected, rtol=1e-12, atol=0, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +171,9 @@ async def test_smooth_reply_alphas_are_those_of_the_chosen_channels_in_order(req
     np.testing.assert_allclose(reply["alphas"], EXPECTED_ALPHAS[indices], rtol=ALPHA_RTOL, atol=0)
     assert reply["model_version"] == MODEL_VERSION
     for values, got in zip(series, reply["smoothed"], strict=True):
-        expected = bank_reference(np.array([values]), EXPECTED_ALPHAS[indices], 32, warmup or "zeros")[0]
+        expected = bank_reference(np.array([values]), EXPECTED_ALPHAS[indices], 32, warmup or SHIPPED.warmup)[
+            0
+        ]
         assert max_relative_error(np.array(got), expected) <= SMOOTH_TOLERANCE
 
 
@@ -256,15 +272,15 @@ async def test_declared_length_over_the_limit_is_refused_before_reading(declared
 class BlockedForward:
     """Stands in for the batcher's forward: each call waits until ``release`` is set."""
 
-    def __init__(self, forward: Callable[[torch.Tensor, str], torch.Tensor]) -> None:
+    def __init__(self, forward: Callable[[torch.Tensor, SmoothOptions], torch.Tensor]) -> None:
         self.forward = forward
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, x: torch.Tensor, warmup: str) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, options: SmoothOptions) -> torch.Tensor:
         self.entered.set()
         self.release.wait(timeout=10)  # bounded: a broken test cannot hang the run
-        return self.forward(x, warmup)
+        return self.forward(x, options)
 
 
 async def test_past_the_deadline_is_504_and_the_service_recovers():
@@ -331,10 +347,10 @@ class FailsOnSentinel(torch.nn.Module):
         self.kernel_size = inner.kernel_size
         self.normalize = inner.normalize
 
-    def forward(self, x: torch.Tensor, warmup: str = "zeros") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, warmup: str = "zeros", **options: object) -> torch.Tensor:
         if bool((x == SENTINEL).any()):
             raise RuntimeError("forward failed on purpose")
-        result: torch.Tensor = self.inner(x, warmup=warmup)
+        result: torch.Tensor = self.inner(x, warmup, **options)
         return result
 
 

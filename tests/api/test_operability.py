@@ -272,7 +272,8 @@ async def test_non_finite_values_are_refused_with_their_position(token, length):
         response = await http.post("/smooth", content=nan_at(2, 17, token, length), headers=JSON)
     assert response.status_code == 422
     assert response.json() == {
-        "detail": f"{token} is not allowed at series[2][17]: every value must be finite"
+        "detail": f"{token} is not allowed at series[2][17]: every value must be finite "
+        "(null for a missing one)"
     }
 
 

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 from safetensors.numpy import save_file
 
-from app.cli import build_parser
+from app.cli import build_parser, main
 from app.paths import DEFAULT_WEIGHTS, PROJECT_ROOT
 from app.weights import load_weights
-from tests.reference import REPO_ROOT, SHIPPED_WEIGHTS, bank_reference, read_weights_file
+from tests.reference import REPO_ROOT, SHIPPED_WEIGHTS, bank_reference, pandas_equivalents, read_weights_file
 from tests.unit.test_model_card import documented_command
 
 SHIPPED_DATA = PROJECT_ROOT / "models" / "data" / "macrodata.csv"
@@ -44,11 +44,10 @@ def convewma(
 
 def test_train_writes_weights_and_prints_table(tmp_path):
     rng = np.random.default_rng(0)
+    values = rng.normal(size=(200, 2)).cumsum(axis=0)
+    values[rng.random(values.shape) < 0.1] = np.nan
     data = tmp_path / "d.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["cpu", "mem"])
-        writer.writerows(rng.normal(size=(200, 2)).cumsum(axis=0).tolist())
+    pd.DataFrame(values, columns=["cpu", "mem"]).to_csv(data, index=False)  # NaN: empty cells
     out = tmp_path / "w.safetensors"
     result = convewma(
         "train",
@@ -60,17 +59,76 @@ def test_train_writes_weights_and_prints_table(tmp_path):
         "5",
         "--kernel-size",
         "8",
+        "--dilation",
+        "2",
         "--no-normalize",
         "--warmup",
-        "adjust",
+        "zeros",
+        env={"COLUMNS": "200"},
     )
     assert result.returncode == 0, result.stderr
-    for text in ("channel", "alpha", "cpu", "mem"):
-        assert text in result.stderr
+    missing = int(np.isnan(values).sum())
+    assert f"training on d.csv (1 series, 200 steps), channels ['cpu', 'mem'], {missing} missing values" in (
+        result.stderr
+    )
     loaded = load_weights(out)
     assert loaded.card.channels == ("cpu", "mem")
-    assert (loaded.card.kernel_size, loaded.card.normalize, loaded.card.warmup) == (8, False, "adjust")
+    assert (loaded.card.kernel_size, loaded.card.normalize, loaded.card.warmup) == (8, False, "zeros")
+    assert (loaded.card.dilation, loaded.model.dilation) == (2, 2)
     assert loaded.card.extra["epochs"] == "5"
+    header = ["channel", "alpha", "span", "halflife", "truncated mass", "one-step MSE", "forecasts"]
+    (table_header,) = [line for line in result.stderr.splitlines() if "channel" in line and "alpha" in line]
+    assert [cell.strip() for cell in table_header.strip("┃ ").split("┃")] == header
+    alphas = read_weights_file(out).alphas
+    for name, alpha in zip(("cpu", "mem"), alphas, strict=True):
+        (row,) = [line for line in result.stderr.splitlines() if line.startswith(f"│ {name} ")]
+        cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+        same = pandas_equivalents(float(alpha), 8)
+        assert float(cells[1]) == pytest.approx(alpha, abs=5e-7)
+        assert float(cells[2]) == pytest.approx(same["span"], rel=5e-4)
+        assert float(cells[3]) == pytest.approx(same["halflife"], rel=5e-4)
+        assert float(cells[4]) == pytest.approx(same["truncated_mass"], rel=5e-3)
+
+
+def test_train_warns_when_the_taps_drop_more_than_one_percent(tmp_path, capsys):
+    """A slow level under much noise wants a small alpha: 4 taps drop most of its kernel."""
+    rng = np.random.default_rng(4)
+    level = np.cumsum(rng.normal(0.0, 0.05, 400))
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"slow": level + rng.normal(size=400), "fast": level}).to_csv(data, index=False)
+    out = tmp_path / "w.safetensors"
+    assert (
+        main(["train", "--data", str(data), "--out", str(out), "--kernel-size", "4", "--epochs", "100"]) == 0
+    )
+    alphas = read_weights_file(out).alphas
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    dropped = pandas_equivalents(float(alphas[0]), 4)["truncated_mass"]
+    assert dropped > 0.01 >= pandas_equivalents(float(alphas[1]), 4)["truncated_mass"]
+    (warning,) = warnings
+    assert warning.startswith(
+        f"warning: channel 'slow': alpha {alphas[0]:.4f}: the 4 taps drop {dropped:.1%}"
+    )
+    assert "retrain with --kernel-size" in warning
+
+
+def test_train_on_the_nile_lands_near_statsmodels(tmp_path):
+    """`convewma train` with default flags on a short real series (100 yearly flows of the
+    Nile that statsmodels ships, with its year column as the index): the fitted alpha is
+    within 0.03 of statsmodels' simple exponential smoothing (0.2683 vs 0.2457 measured)."""
+    from statsmodels.datasets import nile
+
+    from tests.unit.test_train import ses_alpha
+
+    frame = nile.load_pandas().data.astype({"year": int}).set_index("year")
+    data = tmp_path / "nile.csv"
+    frame.to_csv(data)
+    out = tmp_path / "w.safetensors"
+    result = convewma("train", "--data", str(data), "--index-col", "year", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    weights = read_weights_file(out)
+    assert weights.channels == ("volume",)
+    assert (weights.kernel_size, weights.warmup, weights.metadata["dilation"]) == (32, "adjust", "1")
+    assert abs(float(weights.alphas[0]) - ses_alpha(frame["volume"].to_numpy(np.float64))) <= 0.03
 
 
 @pytest.mark.parametrize(
@@ -79,7 +137,9 @@ def test_train_writes_weights_and_prints_table(tmp_path):
         (None, "file not found"),
         ("a,b\n1,x\n", "'x' is not a number"),
         ("a\n1\nNaN\n", "not a finite number"),
-        ("a\n1\n2\n3\n", "at least 34 are needed"),
+        ("a\n1\n", "at least 2 are needed"),
+        ("a,b\n1,\n2,\n", "column 'b' has no observed value (all missing)"),
+        ("a,b\n1,1\n" + "2,\n" * 40 + "3,4\n", "channel 'b' has no forecast to score"),
         ("series_id\n1\n", "no data columns"),
         ("", "the file is empty"),
     ],
@@ -415,14 +475,3 @@ def test_smooth_keeps_the_index_column_of_a_pandas_csv(tmp_path, case):
         written.sort(key=lambda row: row[0])  # stable: time order within each series
     position = list(frame.index.names).index(frame.index.names[-1])
     assert [row[0] for row in rows[1:]] == [row[position] for row in written]
-
-
-def test_smooth_names_the_empty_cell_of_a_pandas_csv(tmp_path):
-    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [1.0, np.nan, 3.0]})
-    data = tmp_path / "gaps.csv"
-    frame.to_csv(data)
-    result = convewma("smooth", "--data", str(data))
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        f"convewma smooth: error: {data}:3: column 'b': empty cell (missing values are not supported yet)"
-    )

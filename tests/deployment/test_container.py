@@ -25,7 +25,7 @@ import pytest
 
 from app.paths import DEFAULT_WEIGHTS
 from app.weights import load_weights
-from tests.reference import bank_reference, max_relative_error
+from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 from tests.servers import burst_around, free_port, wait_ready
 
 pytestmark = pytest.mark.deployment
@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PREPARE = ROOT.parent / "shared" / "container" / "prepare-podman.sh"
 IMAGE = "localhost/convewma:test"
 SHIPPED = load_weights(DEFAULT_WEIGHTS)
-ALPHAS = SHIPPED.model.alphas.detach().double().numpy()
+SHIPPED_FILE = read_weights_file(SHIPPED_WEIGHTS)  # read without app/
+ALPHAS = SHIPPED_FILE.alphas
 WHEELS = Path("/opt/wheels")  # this platform's local wheel folder (pip config list)
 
 
@@ -117,7 +118,7 @@ def test_container_serves_and_stops_cleanly_under_load(podman_env, container):
     series = np.random.default_rng(3).normal(size=(4, 1024))
     response = httpx.post(f"{base}/smooth", json={"series": series.tolist()}, timeout=30)
     assert response.status_code == 200
-    expected = bank_reference(series, ALPHAS, 32)
+    expected = bank_reference(series, ALPHAS, SHIPPED_FILE.kernel_size, SHIPPED_FILE.warmup)
     assert max_relative_error(np.array(response.json()["smoothed"]), expected) <= 1e-5
     alphas = httpx.get(f"{base}/alphas", timeout=10).json()
     assert alphas["channels"] == list(SHIPPED.card.channels)
@@ -175,7 +176,7 @@ def test_compose_runs_two_replicas_behind_nginx(podman_env, compose):
         time.sleep(0.5)
     wait_ready(compose, timeout_s=30)
     series = np.random.default_rng(4).normal(size=(2, 300))
-    expected = bank_reference(series, ALPHAS, 32)
+    expected = bank_reference(series, ALPHAS, SHIPPED_FILE.kernel_size, SHIPPED_FILE.warmup)
     for _ in range(20):
         response = httpx.post(f"{compose}/smooth", json={"series": series.tolist()}, timeout=30)
         assert response.status_code == 200

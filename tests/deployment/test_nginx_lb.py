@@ -19,15 +19,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import load_weights
-from tests.reference import bank_reference, max_relative_error
+from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 from tests.servers import free_port, start_replica, stop, wait_ready
 
 pytestmark = pytest.mark.deployment
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = ROOT / "docker" / "nginx" / "convewma.conf"
-ALPHAS = load_weights(DEFAULT_WEIGHTS).model.alphas.detach().double().numpy()
+SHIPPED_FILE = read_weights_file(SHIPPED_WEIGHTS)  # read without app/
+ALPHAS = SHIPPED_FILE.alphas
 REPLICAS = 3
 
 
@@ -170,7 +169,7 @@ def test_requests_spread_over_every_replica(cluster: Cluster):
     responses = [o for o in outcomes if isinstance(o, httpx.Response)]
     assert len(responses) == len(outcomes) >= 30
     assert {r.status_code for r in responses} == {200}
-    expected = bank_reference(series, ALPHAS, 32)
+    expected = bank_reference(series, ALPHAS, SHIPPED_FILE.kernel_size, SHIPPED_FILE.warmup)
     assert max_relative_error(np.array(responses[0].json()["smoothed"]), expected) <= 1e-5
     counts = [smooth_count(base) for base in cluster.replica_bases]
     assert all(count > 0 for count in counts), counts
@@ -193,7 +192,7 @@ def test_sigkill_of_a_replica_loses_no_client_request(cluster: Cluster):
     assert cluster.replicas[0].wait(timeout=10) == -signal.SIGKILL
     survivors = [smooth_count(base) for base in cluster.replica_bases[1:]]
     assert sum(survivors) > 0
-    expected = bank_reference(series, ALPHAS, 32)
+    expected = bank_reference(series, ALPHAS, SHIPPED_FILE.kernel_size, SHIPPED_FILE.warmup)
     last = outcomes[-1]
     assert isinstance(last, httpx.Response)
     assert max_relative_error(np.array(last.json()["smoothed"]), expected) <= 1e-5

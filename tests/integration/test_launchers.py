@@ -26,13 +26,13 @@ import orjson
 import pytest
 
 from app import drain
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import load_weights
+from tests.reference import SHIPPED_WEIGHTS, read_weights_file
 from tests.servers import check_drain_answers, free_port, serve_command, wait_ready
 
 pytestmark = pytest.mark.slow
 
-ALPHAS = load_weights(DEFAULT_WEIGHTS).model.alphas.detach().double().numpy()
+SHIPPED_FILE = read_weights_file(SHIPPED_WEIGHTS)  # read without app/
+ALPHAS = SHIPPED_FILE.alphas
 CLIENTS = 32  # keep-alive clients, each sending one request after another
 SEND_AFTER_SIGTERM_S = 1.5  # the clients keep sending this long into the drain
 MAX_REQUESTS = 200  # per client: the load is bounded in count as well as in time

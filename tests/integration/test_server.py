@@ -14,12 +14,12 @@ import numpy as np
 import orjson
 import pytest
 
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import load_weights
-from tests.reference import bank_reference, max_relative_error
+from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 from tests.servers import burst_around, check_drain_answers, free_port, serve_command, wait_ready
 
-ALPHAS = load_weights(DEFAULT_WEIGHTS).model.alphas.detach().double().numpy()
+SHIPPED_FILE = read_weights_file(SHIPPED_WEIGHTS)  # read without app/
+ALPHAS = SHIPPED_FILE.alphas
+WARMUP = SHIPPED_FILE.warmup  # the model's default, used when a request names none
 
 
 def start_server(port: int, **env: str) -> subprocess.Popen[str]:
@@ -52,7 +52,7 @@ def test_serves_real_requests(server):
     values = np.random.default_rng(0).normal(size=500).tolist()
     response = httpx.post(f"{base}/smooth", json={"series": [values]}, timeout=10)
     assert response.status_code == 200
-    expected = bank_reference(np.array([values]), ALPHAS, 32)[0]
+    expected = bank_reference(np.array([values]), ALPHAS, 32, WARMUP)[0]
     assert max_relative_error(np.array(response.json()["smoothed"][0]), expected) <= 1e-5
     assert "convewma_requests_total" in httpx.get(f"{base}/metrics", timeout=10).text
 

@@ -18,6 +18,7 @@ from app.batcher import (
     split_request,
 )
 from app.ewma import ConvEWMA
+from app.options import SmoothOptions
 
 LAYER = ConvEWMA(2, 8, alpha=[0.2, 0.7]).eval()
 
@@ -93,6 +94,64 @@ def test_warmup_modes_are_not_mixed_in_a_batch():
     zeros, adjust = run(scenario())
     np.testing.assert_allclose(zeros[0], one_at_a_time(series[0], "zeros"), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(adjust[0], one_at_a_time(series[0], "adjust"), rtol=1e-6, atol=1e-6)
+
+
+KEYS = [
+    SmoothOptions("zeros"),
+    SmoothOptions("adjust"),
+    SmoothOptions("zeros", gaps="skip"),
+    SmoothOptions("zeros", min_periods=3),
+    SmoothOptions("zeros", dtype="float64"),
+    SmoothOptions("adjust", dtype="float64", stride=3),
+    SmoothOptions("zeros", stride=4),
+]
+
+
+def options_forward(x: torch.Tensor, key: SmoothOptions) -> torch.Tensor:
+    return LAYER(x, key.warmup, gaps=key.gaps, min_periods=key.min_periods, stride=key.stride)
+
+
+def test_batches_never_mix_keys_and_keep_each_keys_dtype_and_output_length():
+    rng = np.random.default_rng(4)
+    gate = threading.Event()
+    batches: list[tuple[SmoothOptions, torch.dtype, list[int]]] = []
+
+    def forward(x: torch.Tensor, key: SmoothOptions) -> torch.Tensor:
+        gate.wait(5)
+        batches.append((key, x.dtype, [int(v) for v in x[:, 0].tolist()]))  # each row's tag
+        return options_forward(x, key)
+
+    requests = []
+    for repeat in range(3):
+        for tag, key in enumerate(KEYS):
+            values = rng.normal(size=int(rng.integers(2, 60))).astype(key.numpy_dtype)
+            values[0] = tag  # which key the row belongs to
+            values[1 + repeat] = np.nan  # a missing value
+            requests.append(([values], key))
+
+    async def scenario():
+        batcher = MicroBatcher(forward, BatchLimits(), output_length=SmoothOptions.output_length)
+        await batcher.start()
+        tasks = [asyncio.create_task(batcher.submit(series, key)) for series, key in requests]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+        await batcher.stop()
+        return results
+
+    results = run(scenario())
+    assert len(batches) < len(requests)  # equal keys did share forwards
+    for key, dtype, tags in batches:
+        assert {KEYS[tag] for tag in tags} == {key}  # one key per forward
+        assert dtype == (torch.float64 if key.dtype == "float64" else torch.float32)
+    for (series, key), result in zip(requests, results, strict=True):
+        with torch.inference_mode():
+            alone = options_forward(torch.from_numpy(series[0])[None], key)[0].numpy()
+        assert result[0].dtype == np.dtype(key.dtype)
+        assert result[0].shape == (2, -(-len(series[0]) // key.stride))
+        np.testing.assert_array_equal(np.isnan(result[0]), np.isnan(alone))
+        tolerance = 1e-12 if key.dtype == "float64" else 1e-6
+        np.testing.assert_allclose(result[0], alone, rtol=tolerance, atol=tolerance)
 
 
 def test_oversized_request_is_split_and_reassembled_in_order():

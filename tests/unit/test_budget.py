@@ -46,8 +46,19 @@ def test_parsing_reserves_at_least_what_the_result_needs(channels):
         assert result_bytes(1000, channels, 1) == 1000 * 4 * (2 + channels) + ENCODE_BYTES
 
 
+@pytest.mark.parametrize(("itemsize", "inputs"), [(4, 2), (8, 1), (8, 2)])
+def test_float64_and_history_cost_their_bytes(itemsize, inputs):
+    # float64 doubles every array; a history adds a copy of the input (series after history).
+    expected = 1000 * itemsize * (inputs + 4 + 2) + ENCODE_BYTES
+    assert result_bytes(1000, 4, 2, itemsize, inputs) == expected
+    assert result_bytes(1000, 4, 4, itemsize, inputs) == 1000 * itemsize * (inputs + 4) + ENCODE_BYTES
+
+
 def test_the_sizing_rule_adds_idle_process_one_batch_and_the_budget():
     assert batch_bytes(4_000_000, 4) == 4_000_000 * 4 * 10
+    assert batch_bytes(4_000_000, 4, 8) == 4_000_000 * 8 * 10
+    # The largest batch is a float64 one.
+    assert peak_bytes(0, 4_000_000, 4) - peak_bytes(0, 1, 4) == batch_bytes(4_000_000 - 1, 4, 8)
     assert peak_bytes(10**9, 4_000_000, 4) == peak_bytes(0, 4_000_000, 4) + 10**9
 
 

@@ -49,7 +49,11 @@ def test_npy_and_npz(tmp_path):
         ("a.csv", "series_id\n1\n", "no data columns"),
         ("a.csv", "x,y\n", "no data rows"),
         ("a.csv", "x,y\n1,2\n3,abc\n", "a.csv:3: column 'y': 'abc' is not a number"),
-        ("a.csv", "x\n1\nnan\n3\n", "a.csv:3: column 'x': 'nan' is not a finite number"),
+        (
+            "a.csv",
+            "x\n1\nnan\n3\n",
+            "a.csv:3: column 'x': 'nan' is not a finite number (leave the cell empty for a missing value)",
+        ),
         ("a.csv", "x\n1\ninf\n", "not a finite number"),
         ("a.csv", "x,y\n1,2\n3\n", "expected 2 cells, found 1"),
         ("a.csv", "x,x\n1,2\n", "duplicate column names"),
@@ -64,9 +68,9 @@ def test_bad_csv_is_reported_with_location(tmp_path, name, text, message):
 
 
 def test_bad_numpy_files(tmp_path):
-    np.save(tmp_path / "nan.npy", np.array([1.0, np.nan, 2.0]))
-    with pytest.raises(DataError, match="channel 'ch0' step 1: value is NaN"):
-        load_dataset([tmp_path / "nan.npy"], min_length=1)
+    np.save(tmp_path / "inf.npy", np.array([1.0, np.nan, -np.inf]))
+    with pytest.raises(DataError, match="channel 'ch0' step 2: value is infinite"):
+        load_dataset([tmp_path / "inf.npy"], min_length=1)
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="without pickle"):
         load_dataset([tmp_path / "obj.npy"], min_length=1)
@@ -127,11 +131,8 @@ def test_index_column(tmp_path, text, index_col, channels, index_name, index):
 @pytest.mark.parametrize(
     ("text", "index_col", "message"),
     [
-        (",x,y\n0,1,\n", None, "a.csv:2: column 'y': empty cell (missing values are not supported yet)"),
-        ("x,y\n1,2\n3, \n", None, "a.csv:3: column 'y': empty cell"),
-        (",x\n0,1\n1,\n", None, "a.csv:3: column 'x': empty cell"),
         # Line numbers are the file's, across a quoted cell that spans two lines.
-        ('x,y\n1,"2\n"\n3,\n', None, "a.csv:4: column 'y': empty cell"),
+        ('x,y\n1,"2\n"\n3,z\n', None, "a.csv:4: column 'y': 'z' is not a number"),
         # A first column with some numbers is data, so its other cells are bad data.
         ("name,x\nfoo,1\n3,2\n", None, "a.csv:2: column 'name': 'foo' is not a number"),
         ("date\n2020-01-01\n2020-01-02\n", None, "a.csv:2: column 'date': '2020-01-01' is not a number"),
@@ -146,6 +147,55 @@ def test_bad_index_and_empty_cells_are_located(tmp_path, text, index_col, messag
     path.write_text(text)
     with pytest.raises(DataError) as info:
         load_dataset([path], min_length=1, index_col=index_col)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # pandas writes NaN as an empty cell; blank and whitespace-only cells are missing too.
+        (",x,y\n0,1,\n1,,4\n2, ,5\n", [[[1, np.nan, np.nan], [np.nan, 4, 5]]]),
+        # A step with every value missing is a row of empty cells, not a blank line...
+        ("x,y\n1,2\n,\n3,4\n", [[[1, np.nan, 3], [2, np.nan, 4]]]),
+        # ... while blank lines are skipped, as pandas does (a one-column file has no other way).
+        ("x\n1\n\n2\n", [[[1, 2]]]),
+        # Missing values anywhere, a whole series of a column included, if the file has one.
+        ("series_id,v,w\na,,1\nb,2,\na,,3\nb,4,\n", [[[np.nan, np.nan], [1, 3]], [[2, 4], [np.nan] * 2]]),
+    ],
+)
+def test_empty_cells_are_missing_values(tmp_path, text, expected):
+    data = load_dataset([write(tmp_path, "a.csv", text)], min_length=2)
+    assert len(data.series) == len(expected)
+    for got, want in zip(data.series, expected, strict=True):
+        np.testing.assert_array_equal(got, np.array(want, dtype=np.float64))  # NaN where NaN
+    assert data.missing_values == sum(int(np.isnan(np.array(w, dtype=float)).sum()) for w in expected)
+
+
+def test_numpy_nan_is_a_missing_value(tmp_path):
+    np.save(tmp_path / "a.npy", np.array([[1.0, np.nan], [np.nan, 2.0], [3.0, 4.0]]))
+    data = load_dataset([tmp_path / "a.npy"], min_length=3)
+    np.testing.assert_array_equal(data.series[0], [[1, np.nan, 3], [np.nan, 2, 4]])
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.csv", "x,y\n1,\n2,\n", "a.csv: column 'y' has no observed value (all missing)"),
+        ("a.csv", "series_id,x\na,\nb, \n", "a.csv: column 'x' has no observed value"),
+        ("a.npy", np.array([[1.0, np.nan], [2.0, np.nan]]), "a.npy: channel 'ch1' has no observed value"),
+        ("a.npz", {"up": np.arange(2.0), "gone": np.full(2, np.nan)}, "channel 'gone' has no observed value"),
+    ],
+)
+def test_a_column_without_any_value_is_refused(tmp_path, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content)
+    elif isinstance(content, dict):
+        np.savez(path, **content)
+    else:
+        np.save(path, content)
+    with pytest.raises(DataError) as info:
+        load_dataset([path], min_length=1)
     assert message in str(info.value)
 
 

@@ -25,7 +25,9 @@ from tests.reference import (
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}
 MODES = [("zeros", True), ("zeros", False), ("adjust", True)]
-ALPHAS = [0.04, 0.35, 0.9]
+# 0.96: a fast channel whose kernel tail is tiny, where float32 cancellation once
+# cost the warm-up's missing-value weights 1e-5 of relative accuracy.
+ALPHAS = [0.04, 0.35, 0.9, 0.96]
 
 
 def series_with_gaps(rows: int, length: int, seed: int, missing: float = 0.2) -> np.ndarray:
@@ -43,7 +45,9 @@ def series_with_gaps(rows: int, length: int, seed: int, missing: float = 0.2) ->
 
 
 def layer_for(kernel_size: int, warmup: str, normalize: bool, dilation: int = 1) -> ConvEWMA:
-    return ConvEWMA(3, kernel_size, warmup=warmup, normalize=normalize, dilation=dilation, alpha=ALPHAS)
+    return ConvEWMA(
+        len(ALPHAS), kernel_size, warmup=warmup, normalize=normalize, dilation=dilation, alpha=ALPHAS
+    )
 
 
 def expected(layer: ConvEWMA, x: np.ndarray, **options: object) -> np.ndarray:
@@ -126,11 +130,11 @@ def test_pandas_ewm_with_gaps_for_the_first_k_outputs(ignore_na, min_periods):
 
 def test_depthwise_input_with_gaps_smooths_each_channel_by_its_own_alpha():
     layer = layer_for(8, "zeros", True)
-    x = series_with_gaps(3, 60, seed=3).reshape(1, 3, 60)
+    x = series_with_gaps(4, 60, seed=3).reshape(1, 4, 60)
     with torch.inference_mode():
         y = layer(torch.tensor(x)).numpy()
     alphas = alphas_from_logits(layer.logits.detach().numpy(), layer.eps)
-    for c in range(3):
+    for c in range(4):
         assert_matches(y[0, c], smooth_reference(x[0, c], alphas[c], 8), 1e-12)
 
 
@@ -261,3 +265,19 @@ def test_inputs_at_the_largest_finite_value_stay_finite(warmup, normalize, gaps,
     with torch.inference_mode():
         y = layer(torch.tensor(x, dtype=dtype), gaps=gaps).double().numpy()
     assert_matches(y, expected(layer, x, gaps=gaps), 1e-3 if dtype == torch.float16 else 1e-5)
+
+
+@pytest.mark.parametrize("min_periods", [1, 2])
+@pytest.mark.parametrize("alpha", [0.9576, 0.99])
+def test_fast_channel_warmup_weights_keep_float32_accuracy(min_periods, alpha):
+    # The weight of the lags before the start is a tiny kernel tail here; computed as
+    # total - partial in float32 it lost half its digits (1e-5 relative on these outputs).
+    layer = ConvEWMA(1, 32, alpha=alpha)
+    x = np.array([1.0, np.nan, 3.0, np.nan, np.nan, 2.0])
+    with torch.inference_mode():
+        y = layer(torch.tensor(x[None], dtype=torch.float32), min_periods=min_periods)[0, 0].double().numpy()
+    a = alphas_from_logits(layer.logits.detach().numpy(), layer.eps)[0]
+    reference = smooth_reference(x, a, 32, min_periods=min_periods)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(reference))
+    known = ~np.isnan(reference)
+    assert np.max(np.abs(y[known] / reference[known] - 1)) <= 1e-6

@@ -11,10 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import app.jsonbody as jsonbody
 import app.jsoncodec as jsoncodec
-from app.ewma import WARMUP_MODES
+from app.ewma import GAP_MODES, WARMUP_MODES
 from app.jsoncodec import count_values_upper_bound, encode_smooth_response, parse_smooth_body
 from app.jsonscan import find_spans
+from app.options import DTYPES, PAIRINGS
 from app.schemas import RequestError, RequestLimits, SmoothJob
 from tests.json_oracle import parse_smooth_request
 
@@ -28,14 +30,22 @@ EXAMPLES = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 Outcome = tuple[Any, ...]
 
 
+def bits(arrays: list[np.ndarray] | None, dtype: str) -> list[list[int]] | None:
+    """Bit patterns: they keep -0.0 apart and compare NaN (a null) with NaN."""
+    if arrays is None:
+        return None
+    assert all(a.dtype == np.dtype(dtype) and a.ndim == 1 for a in arrays)
+    return [a.view(np.uint32 if dtype == "float32" else np.uint64).tolist() for a in arrays]
+
+
 def outcome(parse: Any, body: bytes, limits: RequestLimits = LIMITS) -> Outcome:
-    """A job as comparable values (float32 bit patterns keep -0.0 apart), or (status, detail)."""
+    """A job as comparable values, or (status, detail)."""
     try:
         job: SmoothJob = parse(body, limits, NAMES)
     except RequestError as error:
         return error.status, error.detail
-    assert all(s.dtype == np.float32 and s.ndim == 1 for s in job.series)
-    return [s.view(np.uint32).tolist() for s in job.series], job.channels, job.warmup
+    options = (job.history is not None, job.pairing, job.gaps, job.min_periods, job.dtype, job.stride)
+    return bits(job.series, job.dtype), job.channels, job.warmup, bits(job.history, job.dtype), options
 
 
 @contextmanager
@@ -68,16 +78,33 @@ def old(body: bytes, limits: RequestLimits = LIMITS) -> Outcome | None:
 
 
 def reference(body: bytes) -> Outcome:
-    """float64 from the stdlib parser, then float32: what a valid body must give."""
+    """float64 from the stdlib parser (null: NaN), then the dtype asked: what a valid body must give."""
     document = json.loads(body)
-    series = [np.asarray([float(x) for x in s], np.float64).astype(np.float32) for s in document["series"]]
+    dtype = document.get("dtype") or "float32"
+
+    def arrays(lists: list[list[Any]] | None) -> list[np.ndarray] | None:
+        if lists is None:
+            return None
+        wide = [np.asarray([np.nan if x is None else float(x) for x in s], np.float64) for s in lists]
+        return [a.astype(dtype) for a in wide]
+
     requested = document.get("channels")
     channels = (
         list(range(len(NAMES)))
         if requested is None
         else [NAMES.index(c) if isinstance(c, str) else c for c in requested]
     )
-    return [s.view(np.uint32).tolist() for s in series], channels, document.get("warmup")
+    history = document.get("history")
+    options = (
+        history is not None,
+        document.get("pairing") or "bank",
+        document.get("gaps") or "decay",
+        1 if document.get("min_periods") is None else document["min_periods"],
+        dtype,
+        document.get("stride") or 1,
+    )
+    series = bits(arrays(document["series"]), dtype)
+    return series, channels, document.get("warmup"), bits(arrays(history), dtype), options
 
 
 def errors(body: bytes, limits: RequestLimits = LIMITS) -> list[RequestError]:
@@ -105,7 +132,8 @@ numbers = st.one_of(
     st.floats(min_value=-F32_MAX, max_value=F32_MAX, allow_nan=False),
     st.floats(width=32, allow_nan=False, allow_infinity=False),
     st.integers(-(2**70), 2**70),
-    st.sampled_from([0, -0.0, 5e-324, 1e-45, 1.5e-45, F32_MAX, -F32_MAX, 2**64, -(2**63) - 1]),
+    st.sampled_from([0, -0.0, 5e-324, 1e-45, 1.5e-45, F32_MAX, -F32_MAX, 2**64, -(2**63) - 1, 1000000001]),
+    st.none(),  # a missing value
 )
 FLOAT_STYLES = [repr, "{:.17e}".format, "{:.9g}".format, lambda x: repr(x).upper(), "{:.12E}".format]
 
@@ -115,11 +143,27 @@ def bodies(draw: st.DrawFn) -> bytes:
     fields: dict[str, Any] = {
         "series": draw(st.lists(st.lists(numbers, min_size=1, max_size=30), min_size=1, max_size=6))
     }
+    count = len(fields["series"])
     if draw(st.booleans()):
+        fields["pairing"] = draw(st.sampled_from([None, *PAIRINGS]))
+    if fields.get("pairing") == "each":
+        picked = draw(st.lists(st.sampled_from(range(len(NAMES))), min_size=count, max_size=count))
+        fields["channels"] = [NAMES[i] if draw(st.booleans()) else i for i in picked]
+    elif draw(st.booleans()):
         picked = draw(st.lists(st.sampled_from(range(len(NAMES))), min_size=1, unique=True))
         fields["channels"] = [NAMES[i] if draw(st.booleans()) else i for i in picked]
     if draw(st.booleans()):
-        fields["warmup"] = draw(st.sampled_from([None, *WARMUP_MODES]))
+        history = st.lists(numbers, max_size=30)
+        fields["history"] = draw(st.lists(history, min_size=count, max_size=count))
+    for key, choices in [
+        ("warmup", [None, *WARMUP_MODES]),
+        ("gaps", [None, *GAP_MODES]),
+        ("dtype", [None, *DTYPES]),
+        ("min_periods", [None, 0, 1, 5, 2**40]),
+        ("stride", [None, 1, 3, 64]),
+    ]:
+        if draw(st.booleans()):
+            fields[key] = draw(st.sampled_from(choices))
 
     def ws() -> str:
         return draw(st.sampled_from(WHITESPACE))
@@ -163,6 +207,11 @@ HAND_WRITTEN = [
     b'{"series": [[1]], "series": [[2, 3]]}',
     b'{"series": [[1e999]], "series": [[2, 3]]}',
     b'{"warmup": "nope", "warmup": null, "series": [[1' + b", 1" * 63 + b"]]}",
+    b'{"series": [[null, 1, null], [null]], "history": [[], [null, 2]], "dtype": "float64"}',
+    b'{"series":[[null,null ,\n null\t,-0.0]], "history": [[ ]], "gaps": "skip", "stride": 3}',
+    b'{"series": [[1000000001, 0.1, 1e300, null]], "dtype": "float64", "min_periods": 0}',
+    b'{"series": [[1], [2]], "pairing": "each", "channels": ["mid", "mid"], "warmup": "adjust"}',
+    b'{"series": [[1, 18446744073709551616, null]], "history": [[null, 1e-46]], "pairing": null}',
 ]
 
 
@@ -214,7 +263,43 @@ ERRORS = [
     (b'{"series": [[1], [ \n ]]}', 422, "series[1] is empty"),
     (b'{"series": [[1], 5]}', 422, "series[1] must be a list of numbers, got int"),
     (b'{"series": [[1, "2"]]}', 422, "series[0][1] must be a number, got str '2'"),
-    (b'{"series": [[1, null]]}', 422, "series[0][1] must be a number, got NoneType"),
+    (b'{"series": [[1, nul]]}', 400, "malformed JSON at byte 16"),
+    (b'{"series": [[1, null1]]}', 400, "malformed JSON at byte 20"),
+    (b'{"series": [[1, nullnull]]}', 400, "malformed JSON"),
+    (b'{"series": [[1, -null]]}', 400, "malformed JSON"),
+    (b'{"series": [[1, Infinity, null]]}', 422, "Infinity is not allowed at series[0][1]"),
+    (b'{"series": [[1, null, 1e39]]}', 422, "series[0][2] = 1e+39 is not finite or is outside the float32"),
+    (b'{"series": [[1, null, 1e999]], "dtype": "float64"}', 422, "series[0][2] = inf is not finite"),
+    (b'{"series": [[1]], "history": [[null, 1e39]]}', 422, "history[0][1] = 1e+39 is not finite"),
+    (b'{"series": [[1]], "history": [[2, "x"]]}', 422, "history[0][1] must be a number, got str 'x'"),
+    (b'{"series": [[1], [2]], "history": [[], 5]}', 422, "history[1] must be a list of numbers, got int"),
+    (b'{"series": [[1], [2]], "history": [[]]}', 422, "'history' has 1 lists for 2 series"),
+    (b'{"series": [[1]], "history": [[1]], "history": "x"}', 422, "'history' must be a list of lists"),
+    (
+        b'{"series": [[1]], "history": [[1' + b", 1" * 64 + b"]]}",
+        413,
+        "history[0] has 65 values; the limit is 64",
+    ),
+    (b'{"series": [[1]], "pairing": "all"}', 422, "'pairing' must be one of ['bank', 'each'], got 'all'"),
+    (b'{"series": [[1], [2]], "pairing": "each"}', 422, "'channels' is required with pairing 'each'"),
+    (
+        b'{"series": [[1], [2]], "pairing": "each", "channels": [0]}',
+        422,
+        "'channels' has 1 entries for 2 series",
+    ),
+    (b'{"series": [[1]], "pairing": "each", "channels": [9]}', 422, "channels[0] = 9 is not one of"),
+    (b'{"series": [[1]], "gaps": "fill"}', 422, "'gaps' must be one of ['decay', 'skip'], got 'fill'"),
+    (
+        b'{"series": [[1]], "dtype": "float16"}',
+        422,
+        "'dtype' must be one of ['float32', 'float64'], got 'float16'",
+    ),
+    (b'{"series": [[1]], "min_periods": -1}', 422, "'min_periods' must be an integer >= 0, got -1"),
+    (b'{"series": [[1]], "min_periods": 1.5}', 422, "'min_periods' must be an integer >= 0, got 1.5"),
+    (b'{"series": [[1]], "min_periods": true}', 422, "'min_periods' must be an integer >= 0, got True"),
+    (b'{"series": [[1]], "stride": 0}', 422, "'stride' must be an integer in 1..64, got 0"),
+    (b'{"series": [[1]], "stride": 65}', 422, "'stride' must be an integer in 1..64, got 65"),
+    (b'{"series": [[1]], "stride": "2"}', 422, "'stride' must be an integer in 1..64, got '2'"),
     (b'{"series": [[1, true]]}', 422, "series[0][1] must be a number, got bool"),
     (b'{"series": [[1, false]]}', 422, "series[0][1] must be a number, got bool"),
     (b'{"series": [[1, [2]]]}', 422, "series[0][1] must be a number, got list"),
@@ -311,7 +396,7 @@ def test_mutated_bodies_agree_with_the_old_parser(body: bytes, edits: list[tuple
 
 @pytest.mark.parametrize("group", [1, 3, 7, 1 << 18])
 def test_series_are_narrowed_in_groups(group: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(jsoncodec, "_GROUP_VALUES", group)
+    monkeypatch.setattr(jsonbody, "_GROUP_VALUES", group)
     monkeypatch.setattr(jsoncodec, "SMALL_BODY_BYTES", -1)
     series: list[list[Any]] = [[1, 2], [3], [4, 5, 6], [2**64, 8], [9], [10, 11]]
     body = json.dumps({"series": series}).encode()
@@ -328,7 +413,36 @@ def test_series_are_narrowed_in_groups(group: int, monkeypatch: pytest.MonkeyPat
 def test_duplicate_keys_behave_like_orjson() -> None:
     body = b'{"series": [[1]], "channels": [0], "series": [[2, 3]], "channels": ["mid"]}'
     assert orjson.loads(body)["series"] == [[2, 3]]
-    assert new(body) == ([np.float32([2, 3]).view(np.uint32).tolist()], [1], None)
+    options = (False, "bank", "decay", 1, "float32", 1)
+    assert new(body) == ([np.float32([2, 3]).view(np.uint32).tolist()], [1], None, None, options)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nulls_in_plain_arrays_take_the_simdjson_path(dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_stdlib(*args: object) -> None:
+        raise AssertionError("the stdlib parser was asked")
+
+    monkeypatch.setattr(jsonbody, "stdlib", no_stdlib)
+    series = [[None, 1.5, None, -2], [None], [3, None]]
+    body = json.dumps({"series": series, "history": [[None, 7], [], [None]], "dtype": dtype}).encode()
+    with scanning():
+        job = parse_smooth_body(body, LIMITS, NAMES)
+    expected = [np.array([np.nan if x is None else x for x in s], dtype) for s in series]
+    for got, want in zip(job.series, expected, strict=True):
+        np.testing.assert_array_equal(got, want)  # NaN where null, nowhere else
+        assert got.dtype == np.dtype(dtype)
+    assert job.history is not None
+    assert [h.tolist() for h in job.history][1:] == [[], [pytest.approx(np.nan, nan_ok=True)]]
+    np.testing.assert_array_equal(job.history[0], np.array([np.nan, 7], dtype))
+
+
+def test_float64_keeps_float64_values() -> None:
+    body = b'{"series": [[1000000001, 0.1, 1.7976931348623157e308]], "dtype": "float64"}'
+    with scanning():
+        job = parse_smooth_body(body, LIMITS, NAMES)
+    assert job.series[0].tolist() == [1000000001.0, 0.1, 1.7976931348623157e308]
+    narrow = parse_smooth_body(b'{"series": [[1000000001]]}', LIMITS, NAMES)
+    assert narrow.series[0].tolist() == [1000000000.0]  # float32 cannot hold it
 
 
 @pytest.mark.parametrize(
@@ -451,3 +565,18 @@ def test_response_round_trips_through_the_parser() -> None:
     series = json.dumps({"series": rows}).encode()
     job = parse_smooth_body(series, LIMITS, NAMES)
     assert np.array_equal(np.stack(job.series), smoothed[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 20])
+def test_missing_outputs_are_null_and_history_comes_last(dtype: str, chunk_bytes: int) -> None:
+    smoothed = [np.array([[np.nan, 1000000001.0, 0.1]], dtype), np.empty((1, 0), dtype)]
+    history = [np.array([np.nan, 2.5], dtype), np.empty(0, dtype)]
+    body = b"".join(encode_smooth_response(smoothed, ["fast"] * 2, [0.5, 0.5], "v", chunk_bytes, history))
+    document = orjson.loads(body)
+    assert list(document) == ["smoothed", "channels", "alphas", "model_version", "history"]
+    first = 1000000001.0 if dtype == "float64" else 1000000000.0  # float32 holds no more
+    assert document["smoothed"] == [[[None, first, 0.1]], [[]]]
+    assert document["history"] == [[None, 2.5], []]
+    expected = {"smoothed": smoothed, "channels": ["fast"] * 2, "alphas": [0.5, 0.5], "model_version": "v"}
+    assert body == orjson.dumps({**expected, "history": history}, option=orjson.OPT_SERIALIZE_NUMPY)

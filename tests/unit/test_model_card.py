@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from tests.reference import MODEL_CARD, REPO_ROOT, SHIPPED_WEIGHTS, read_weights_file
+from tests.reference import MODEL_CARD, REPO_ROOT, SHIPPED_WEIGHTS, pandas_equivalents, read_weights_file
 
 CARD_TEXT = MODEL_CARD.read_text(encoding="utf-8")
 WEIGHTS = read_weights_file(SHIPPED_WEIGHTS)
@@ -27,7 +27,8 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 FIELDS = {row[0]: row[1] for row in table_rows(CARD_TEXT) if len(row) == 2}
-CHANNEL_ROWS = [row for row in table_rows(CARD_TEXT) if len(row) == 4 and re.fullmatch(r"\d\.\d+", row[1])]
+# channel | alpha | span | halflife | one-step MSE | statsmodels SES alpha | description
+CHANNEL_ROWS = [row for row in table_rows(CARD_TEXT) if len(row) == 7 and re.fullmatch(r"\d\.\d+", row[1])]
 
 
 def documented_command() -> str:
@@ -51,6 +52,35 @@ def test_printed_alphas_are_the_files_logits_through_the_reference_formula():
     assert np.all(error <= tolerance), f"|card - file| = {error}, tolerance {tolerance}"
 
 
+def half_unit(printed: str) -> float:
+    """Half a unit in the last printed digit."""
+    return 0.5 * 10.0 ** -len(printed.split(".")[1])
+
+
+@pytest.mark.parametrize(("column", "key"), [(2, "span"), (3, "halflife")])
+def test_printed_pandas_equivalents_are_the_files(column, key):
+    for row, alpha in zip(CHANNEL_ROWS, WEIGHTS.alphas, strict=True):
+        expected = pandas_equivalents(float(alpha), WEIGHTS.kernel_size)[key]
+        assert abs(float(row[column]) - expected) <= half_unit(row[column]), (row[0], key)
+
+
+def test_truncated_mass_bound_is_true():
+    (bound,) = re.findall(r"below (\de-\d+)\s+here", CARD_TEXT)
+    dropped = [pandas_equivalents(float(a), WEIGHTS.kernel_size)["truncated_mass"] for a in WEIGHTS.alphas]
+    assert float(bound) / 10 < max(dropped) < float(bound)
+
+
+def test_printed_statsmodels_alphas_are_statsmodels():
+    from statsmodels.tsa.holtwinters import SimpleExpSmoothing
+
+    with (REPO_ROOT / "models" / "data" / "macrodata.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in CHANNEL_ROWS:
+        x = np.array([float(r[row[0]]) for r in rows])
+        fitted = SimpleExpSmoothing(x, initialization_method="estimated").fit().params["smoothing_level"]
+        assert abs(float(row[5]) - fitted) <= half_unit(row[5]), row[0]
+
+
 def test_sha256_is_the_committed_files():
     assert FIELDS["sha256"] == hashlib.sha256(SHIPPED_WEIGHTS.read_bytes()).hexdigest()
 
@@ -59,6 +89,7 @@ def test_sha256_is_the_committed_files():
     ("field", "expected"),
     [
         ("kernel_size", str(WEIGHTS.kernel_size)),
+        ("dilation", WEIGHTS.metadata["dilation"]),
         ("normalize", "true" if WEIGHTS.normalize else "false"),
         ("warmup", WEIGHTS.warmup),
         ("eps", WEIGHTS.metadata["eps"]),

@@ -24,6 +24,37 @@ def test_valid_request_defaults():
     assert job.warmup is None
 
 
+def test_nulls_are_missing_values_and_options_are_read():
+    job = parse(
+        {
+            "series": [[1, None], [None]],
+            "history": [[], [None, 2]],
+            "pairing": "each",
+            "channels": ["slow", "slow"],
+            "gaps": "skip",
+            "min_periods": 2,
+            "dtype": "float64",
+            "stride": 3,
+        }
+    )
+    assert [s.tolist() for s in job.series] == [
+        [1.0, pytest.approx(np.nan, nan_ok=True)],
+        [pytest.approx(np.nan, nan_ok=True)],
+    ]
+    assert job.history is not None
+    assert np.isnan(job.history[1][0])
+    assert job.history[1][1] == 2.0
+    assert (job.pairing, job.channels, job.gaps, job.min_periods, job.dtype, job.stride) == (
+        "each",
+        [2, 2],
+        "skip",
+        2,
+        "float64",
+        3,
+    )
+    assert all(s.dtype == np.float64 for s in [*job.series, *job.history])
+
+
 def test_channels_by_name_and_index_and_warmup():
     job = parse({"series": [[1]], "channels": ["slow", 0, "mid"], "warmup": "adjust"})
     assert job.channels == [2, 0, 1]
@@ -48,7 +79,11 @@ def test_channels_by_name_and_index_and_warmup():
         ({"series": [[1], []]}, 422, "series[1] is empty"),
         ({"series": [[1], 5]}, 422, "series[1] must be a list of numbers, got int"),
         ({"series": [[1, "2"]]}, 422, "series[0][1] must be a number, got str '2'"),
-        ({"series": [[1, None]]}, 422, "series[0][1] must be a number, got NoneType"),
+        ({"series": [[1, {}]]}, 422, "series[0][1] must be a number, got dict"),
+        ({"series": [[1]], "history": [[1], [2]]}, 422, "'history' has 2 lists for 1 series"),
+        ({"series": [[1]], "history": [[1] * 6]}, 413, "history[0] has 6 values; the limit is 5"),
+        ({"series": [[1]], "stride": 6}, 422, "'stride' must be an integer in 1..5, got 6"),
+        ({"series": [[1]], "pairing": "each", "channels": ["nope"]}, 422, "channels[0] = 'nope'"),
         ({"series": [[1, True]]}, 422, "series[0][1] must be a number, got bool"),
         ({"series": [[1, [2]]]}, 422, "series[0][1] must be a number, got list"),
         ({"series": [[1]] * 4}, 413, "4 series; the limit is 3"),

@@ -1,0 +1,181 @@
+"""``convewma smooth``: apply a weights file to the columns of data files, writing CSV.
+
+Pairing: a column whose name is a model channel is smoothed by that channel only and
+keeps its name (``auto``, the default, and ``each``, which requires it of every column);
+any other column, or every column with ``bank``, is smoothed by every channel and
+written as ``column:channel`` columns. Missing inputs (empty cells) are smoothed over
+(``--gaps``) and missing outputs are written as empty cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from app.cli_common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path, writing
+from app.data import Dataset, load_dataset
+from app.ewma import GAP_MODES, WARMUP_MODES, ConvEWMA
+from app.paths import DEFAULT_WEIGHTS
+from app.weights import load_weights
+
+PAIRINGS = ("auto", "each", "bank")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    smooth = commands.add_parser(
+        "smooth",
+        help="smooth the columns of a file with the model's channels",
+        formatter_class=HelpFormatter,
+    )
+    smooth.add_argument("--data", action="append", required=True, metavar="FILE", help=DATA_HELP)
+    smooth.add_argument(
+        "--index-col", default=None, metavar="NAME", help=INDEX_HELP + "; copied to the output"
+    )
+    smooth.add_argument("--weights", default=str(DEFAULT_WEIGHTS), metavar="FILE", help="safetensors model")
+    smooth.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        default="auto",
+        help="each: every column by the channel of its name (written under its name); bank: every "
+        "column by every channel (written as column:channel); auto: each for the columns named "
+        "like a channel, bank for the others",
+    )
+    smooth.add_argument(
+        "--warmup", choices=WARMUP_MODES, default=None, help="warm-up mode (default: the model's own)"
+    )
+    smooth.add_argument(
+        "--gaps",
+        choices=GAP_MODES,
+        default="decay",
+        help="missing values (empty cells): decay: older values keep decaying across a gap "
+        "(pandas ignore_na=False); skip: observed values as if adjacent (ignore_na=True)",
+    )
+    smooth.add_argument(
+        "--min-periods",
+        type=int_in_range(0),
+        default=1,
+        help="an output needs this many observed values in its window, else it is an empty cell",
+    )
+    smooth.add_argument(
+        "--stride", type=int_in_range(1), default=1, help="write every s-th step: steps 0, s, 2s, ..."
+    )
+    smooth.add_argument(
+        "--dtype",
+        choices=tuple(DTYPES),
+        default="float32",
+        help="precision of the computation and of the written values (7 or 17 digits)",
+    )
+    smooth.add_argument(
+        "--out", default=None, metavar="FILE", help="CSV to write, in an existing folder (default: stdout)"
+    )
+
+
+def pair_columns(columns: tuple[str, ...], channels: tuple[str, ...], pairing: str) -> list[int | None]:
+    """For each column, the index of the one channel that smooths it, or None for all."""
+    if pairing == "bank":
+        return [None] * len(columns)
+    if pairing == "each":
+        unknown = [name for name in columns if name not in channels]
+        if unknown:
+            raise CliError(
+                f"--pairing each: column {unknown[0]!r} is not a model channel"
+                f" (channels: {', '.join(channels)}; use --pairing bank or auto)"
+            )
+    return [channels.index(name) if name in channels else None for name in columns]
+
+
+def output_header(columns: tuple[str, ...], channels: tuple[str, ...], pairs: list[int | None]) -> list[str]:
+    header = ["series"]
+    for name, channel in zip(columns, pairs, strict=True):
+        header.extend([name] if channel is not None else [f"{name}:{c}" for c in channels])
+    return header
+
+
+def smooth_series(
+    model: ConvEWMA, values: np.ndarray, pairs: list[int | None], args: argparse.Namespace
+) -> np.ndarray:
+    """One series ``(S, T)`` to its output columns, ``(ceil(T / stride), width)``."""
+    options = {"gaps": args.gaps, "min_periods": args.min_periods, "stride": args.stride}
+    x = torch.tensor(values, dtype=DTYPES[args.dtype])
+    bank = [j for j, channel in enumerate(pairs) if channel is None]
+    own = {j: channel for j, channel in enumerate(pairs) if channel is not None}
+    banked = model(x[bank], args.warmup, **options) if bank else x.new_empty(0)  # (B, C, T')
+    paired = x.new_empty(0)
+    if own:
+        # Depth-wise: channel c of one input row is smoothed by alpha_c alone. The
+        # channels no column asks for get zeros, which never take the gap-aware path.
+        rows = x.new_zeros(1, model.channels, x.shape[1])
+        for j, channel in own.items():
+            rows[0, channel] = x[j]
+        paired = model(rows, args.warmup, **options)[0]  # (C, T')
+    blocks = [paired[own[j] : own[j] + 1] if j in own else banked[bank.index(j)] for j in range(len(pairs))]
+    return torch.cat(blocks).t().to(torch.float64).numpy()
+
+
+def _cells(row: np.ndarray, dtype: str) -> list[str]:
+    # float32 holds about 7 significant digits; float64's repr is its shortest exact text.
+    if dtype == "float32":
+        return ["" if v != v else f"{v:.7g}" for v in row.tolist()]
+    return ["" if v != v else repr(v) for v in row.tolist()]
+
+
+def _check_range(dataset: Dataset, dtype: str) -> None:
+    if dtype != "float32":
+        return
+    for position, values in enumerate(dataset.series):
+        largest = float(np.nanmax(np.abs(values), initial=0.0))
+        if largest > FLOAT32_MAX:
+            raise CliError(
+                f"series {position}: {largest:g} is outside the float32 range; use --dtype float64"
+            )
+
+
+def run(args: argparse.Namespace, console: Console) -> None:
+    """``convewma smooth``: one row per written step, series after series."""
+    out = output_path(args.out) if args.out is not None else None
+    loaded = load_weights(args.weights)
+    card, model = loaded.card, loaded.model
+    if args.min_periods > card.kernel_size:
+        raise CliError(
+            f"--min-periods {args.min_periods}: must be in [0, {card.kernel_size}] (the model's kernel_size)"
+        )
+    dataset = load_dataset([Path(p) for p in args.data], min_length=1, index_col=args.index_col)
+    _check_range(dataset, args.dtype)
+    pairs = pair_columns(dataset.channels, card.channels, args.pairing)
+    alphas = ", ".join(f"{n}={a:.4f}" for n, a in zip(card.channels, model.alphas.tolist(), strict=True))
+    own = [name for name, channel in zip(dataset.channels, pairs, strict=True) if channel is not None]
+    shared = [name for name, channel in zip(dataset.channels, pairs, strict=True) if channel is None]
+    how = [
+        f"{label}: {', '.join(names)}" for label, names in (("own channel", own), ("all channels", shared))
+    ]
+    console.print(
+        f"model {loaded.path} (sha256 {loaded.sha256[:12]}), alphas: {alphas}; "
+        + "; ".join(h for h, names in zip(how, (own, shared), strict=True) if names),
+        highlight=False,
+    )
+    header = output_header(dataset.channels, card.channels, pairs)
+    if dataset.index_name is not None:
+        header.insert(0, dataset.index_name)
+    # Written series by series, so a reader that stops early (head) stops the work too.
+    with contextlib.ExitStack() as stack:
+        target = stack.enter_context(writing(out)) if out is not None else sys.stdout
+        writer = csv.writer(target)
+        writer.writerow(header)
+        with torch.inference_mode():
+            for position, values in enumerate(dataset.series):  # bounded by the files
+                table = smooth_series(model, values, pairs, args)
+                rows = [[str(position), *_cells(row, args.dtype)] for row in table]
+                if dataset.index_name is not None:
+                    labels = (dataset.index_of(position) or ("",) * values.shape[1])[:: args.stride]
+                    rows = [[label, *row] for label, row in zip(labels, rows, strict=True)]
+                writer.writerows(rows)
+        target.flush()  # a closed pipe shows here, inside main's handler, not at exit

@@ -1,0 +1,85 @@
+"""From a batch's outputs to a request's answer: the history's outputs dropped, the channels
+picked, overflow refused, and the history to send with the next chunk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.continuation import first_output, history_tail
+from app.ewma import Warmup
+from app.options import SmoothOptions
+from app.schemas import RequestError, SmoothJob
+
+
+@dataclass(frozen=True)
+class SmoothResult:
+    smoothed: list[np.ndarray]  # (channels, outputs) per series, in the request's dtype; NaN = missing
+    channels: list[str]
+    alphas: list[float]
+    model_version: str
+    values: int  # output values, for choosing how to encode
+    history: list[np.ndarray] | None = None  # the next chunk's history per series, if one was sent
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What the model's kernel reaches back, for the history tail."""
+
+    kernel_size: int
+    dilation: int
+
+
+def options_for(job: SmoothJob, kernel_size: int, warmup: Warmup) -> SmoothOptions:
+    """The job's options, the model's warm-up by default: the batch key."""
+    if job.min_periods > kernel_size:
+        raise RequestError(
+            422,
+            f"'min_periods' must be an integer in 0..{kernel_size} (the kernel size), got {job.min_periods}",
+        )
+    return SmoothOptions(job.warmup or warmup, job.gaps, job.min_periods, job.dtype, job.stride)
+
+
+def rows_of(job: SmoothJob) -> list[np.ndarray]:
+    """What the batch smooths: each series after its history."""
+    if job.history is None:
+        return job.series
+    return [np.concatenate([before, values]) for before, values in zip(job.history, job.series, strict=True)]
+
+
+def finish(
+    outputs: list[np.ndarray],
+    rows: list[np.ndarray],
+    job: SmoothJob,
+    options: SmoothOptions,
+    reach: Reach,
+    model_channels: int,
+) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The answer's rows for every series (copies only where channels are picked) and, with
+    a history, the tails; a 422 naming the first series whose outputs overflow."""
+    selection = None if job.channels == list(range(model_channels)) else np.asarray(job.channels)
+    smoothed: list[np.ndarray] = []
+    for index, output in enumerate(outputs):
+        if job.history is not None:
+            output = output[:, first_output(len(job.history[index]), options.stride) :]
+        if job.pairing == "each":
+            channel = job.channels[index]
+            output = output[channel : channel + 1]
+        elif selection is not None:
+            output = output[selection]
+        # NaN is a missing output, by the gap rules; only an infinity is an overflow.
+        if np.isinf(output).any():
+            raise RequestError(
+                422, f"series[{index}]: the smoothed values overflow {options.dtype}; scale the input down"
+            )
+        smoothed.append(output)
+    if job.history is None:
+        return smoothed, None
+    tails = [
+        history_tail(
+            row, reach.kernel_size, dilation=reach.dilation, gaps=options.gaps, stride=options.stride
+        )
+        for row in rows
+    ]
+    return smoothed, tails
