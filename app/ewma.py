@@ -24,6 +24,10 @@ WARMUP_MODES: tuple[str, ...] = get_args(Warmup)
 Gaps = Literal["decay", "skip"]
 GAP_MODES: tuple[str, ...] = get_args(Gaps)
 MAX_KERNEL_SIZE = 32
+# Inputs per slice of rows on the gap-aware paths (without autograd): their arrays beyond
+# the output then take at most about 16 bytes per channel per value of a slice, a few
+# tens of MB (app/budget.py counts it).
+GAP_WORKSPACE_VALUES = 1 << 18
 
 
 def check_warmup(warmup: str) -> Warmup:
@@ -238,12 +242,21 @@ class ConvEWMA(nn.Module):
             return wide.to(x.dtype)
         if not bool(gappy.any()):
             y = self._dense(x, mode, min_periods)
-        elif torch.is_grad_enabled() or bool(gappy.all()):
+        elif torch.is_grad_enabled():
             y = self._with_gaps(x, mode, gap_mode, min_periods)
-        else:  # only the rows with a gap pay for the gap-aware path
+        else:
+            # The gap-aware paths hold a few arrays as large as their output: run them a
+            # slice of rows at a time into the output, so that their working memory stays
+            # bounded (GAP_WORKSPACE_VALUES) however large the batch; a slice without a
+            # gap takes the plain path.
             y = x.new_empty(x.shape[0], self.channels, x.shape[2])
-            y[~gappy] = self._dense(x[~gappy], mode, min_periods)
-            y[gappy] = self._with_gaps(x[gappy], mode, gap_mode, min_periods)
+            rows = max(1, GAP_WORKSPACE_VALUES // max(1, x.shape[2]))
+            for first in range(0, x.shape[0], rows):
+                part = slice(first, first + rows)
+                if bool(gappy[part].any()):
+                    y[part] = self._with_gaps(x[part], mode, gap_mode, min_periods)
+                else:
+                    y[part] = self._dense(x[part], mode, min_periods)
         if self.training and self.dropout > 0.0:
             keep = torch.rand(self.channels, device=y.device) >= self.dropout
             y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)

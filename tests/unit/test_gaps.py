@@ -281,3 +281,22 @@ def test_fast_channel_warmup_weights_keep_float32_accuracy(min_periods, alpha):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(reference))
     known = ~np.isnan(reference)
     assert np.max(np.abs(y[known] / reference[known] - 1)) <= 1e-6
+
+
+@pytest.mark.parametrize("gaps", ["decay", "skip"])
+def test_gap_aware_rows_run_in_bounded_slices_with_the_same_results(gaps):
+    # 40 rows of 10,000 values: more than GAP_WORKSPACE_VALUES, so the batch runs in
+    # slices of rows; the first slice has no gap (plain path), the others do.
+    from app.ewma import GAP_WORKSPACE_VALUES
+
+    x = series_with_gaps(40, 10_000, seed=9)
+    rows = GAP_WORKSPACE_VALUES // 10_000
+    assert rows < 40
+    x[:rows] = np.random.default_rng(1).normal(size=(rows, 10_000))
+    x[rows + 3, 17] = np.nan
+    x[-1, 5000:5100] = np.nan
+    layer = layer_for(32, "zeros", True)
+    with torch.inference_mode():
+        together = layer(torch.tensor(x), gaps=gaps).numpy()
+        alone = np.concatenate([layer(torch.tensor(x[i : i + 1]), gaps=gaps).numpy() for i in range(40)])
+    assert_matches(together, alone, 1e-12)
