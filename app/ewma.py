@@ -257,10 +257,30 @@ class ConvEWMA(nn.Module):
                     y[part] = self._with_gaps(x[part], mode, gap_mode, min_periods)
                 else:
                     y[part] = self._dense(x[part], mode, min_periods)
+        if mode == "adjust" and x.dtype != torch.float64:
+            y = self._exact_start(x, y, gap_mode if bool(gappy.any()) else None, min_periods)
         if self.training and self.dropout > 0.0:
             keep = torch.rand(self.channels, device=y.device) >= self.dropout
             y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)
         return y if stride == 1 else y[..., ::stride].contiguous()
+
+    def _exact_start(self, x: Tensor, y: Tensor, gaps: str | None, min_periods: int) -> Tensor:
+        """The first ``(K-1)d`` outputs of ``adjust``, whose windows are partial, again in
+        float64 (they depend only on the first ``(K-1)d`` inputs), rounded once: so the
+        first output is the first input exactly, as in pandas."""
+        head = min(x.shape[-1], (self.kernel_size - 1) * self.dilation)
+        if head == 0:
+            return y
+        part = x[..., :head].double()
+        exact = (
+            self._dense(part, "adjust", min_periods)
+            if gaps is None
+            else self._with_gaps(part, "adjust", gaps, min_periods)
+        ).to(y.dtype)
+        if y.requires_grad:
+            return torch.cat([exact, y[..., head:]], dim=-1)
+        y[..., :head] = exact
+        return y
 
     def _dense(self, x: Tensor, mode: str, min_periods: int) -> Tensor:
         taps, fold, start_scale = self._constants(mode, x.dtype, x.device)
