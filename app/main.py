@@ -10,16 +10,16 @@ from fastapi import FastAPI, Request, Response
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.batcher import BatcherClosedError, BatchFailedError, QueueFullError
-from app.docs import SWAGGER_UI_PARAMETERS
-from app.drain import DrainMiddleware, DrainState, SignalDrain
-from app.intake import ClientDisconnectedError, ServerBusyError
-from app.metrics import RequestMetricsMiddleware, ServiceMetrics
-from app.responses import json_response
-from app.routes import router
-from app.schemas import RequestError
-from app.service import SmoothingService
-from app.settings import Settings
+from app.api.docs import SWAGGER_UI_PARAMETERS
+from app.api.responses import json_response
+from app.api.routes import router
+from app.api.schemas import RequestError
+from app.serving.batcher import BatcherClosedError, BatchFailedError, QueueFullError
+from app.serving.drain import DrainMiddleware, DrainState, SignalDrain
+from app.serving.intake import ClientDisconnectedError, ServerBusyError
+from app.serving.metrics import RequestMetricsMiddleware, ServiceMetrics
+from app.serving.service import SmoothingService
+from app.serving.settings import Settings
 
 logger = logging.getLogger("convewma")
 ROUTES = frozenset({"/smooth", "/alphas", "/healthz", "/readyz", "/metrics"})
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
         await service.start()  # warm-up forward, then the batcher; ready from here
         app.state.service = service
         try:
-            # Under any launcher that runs a uvicorn server, SIGTERM drains first (app/drain.py).
+            # Under any launcher that runs a uvicorn server, SIGTERM drains first (app/serving/drain.py).
             async with SignalDrain(drain, settings.drain_s):
                 yield
         finally:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from app.weights import load_weights
+from app.core.weights import load_weights
 
 loaded = load_weights(os.environ.get("CONVEWMA_WEIGHTS", "app/models/convewma.safetensors"))
 model = loaded.model.eval()

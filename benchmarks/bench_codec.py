@@ -1,4 +1,4 @@
-"""Request parsing and response encoding: the old one-call orjson codec against app.jsoncodec.
+"""Request parsing and response encoding: the old one-call orjson codec against app.api.jsoncodec.
 
     python benchmarks/bench_codec.py                    # prints a table
     python benchmarks/bench_codec.py --report benchmarks/results/codec-cpu.md
@@ -39,8 +39,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.jsoncodec import encode_smooth_response, parse_smooth_body  # noqa: E402
-from app.schemas import RequestLimits  # noqa: E402
+from app.api.jsoncodec import encode_smooth_response, parse_smooth_body  # noqa: E402
+from app.api.schemas import RequestLimits  # noqa: E402
 from tests.json_oracle import parse_smooth_request  # noqa: E402
 
 SHAPES = ["16x1024", "64x4096", "640x10000"]

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.ewma import ConvEWMA
-from app.runtime import tune_allocator
+from app.core.ewma import ConvEWMA
+from app.serving.runtime import tune_allocator
 
 
 @dataclass
@@ -63,7 +63,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--budget-s", type=float, default=20.0, help="time limit per row")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tuned-allocator", action="store_true", help="apply app.runtime.tune_allocator()")
+    parser.add_argument(
+        "--tuned-allocator", action="store_true", help="apply app.serving.runtime.tune_allocator()"
+    )
     parser.add_argument(
         "--skip-slow", action="store_true", help="skip the literal (N, 1, T) conv1d and pandas"
     )

@@ -38,8 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.paths import DEFAULT_WEIGHTS  # noqa: E402
-from app.weights import load_weights  # noqa: E402
+from app.core.paths import DEFAULT_WEIGHTS  # noqa: E402
+from app.core.weights import load_weights  # noqa: E402
 
 SHAPES = {"small": (1, 256), "medium": (16, 1024), "large": (64, 4096)}
 HOST = "127.0.0.1"

@@ -50,8 +50,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.paths import DEFAULT_WEIGHTS  # noqa: E402
-from app.weights import load_weights  # noqa: E402
+from app.core.paths import DEFAULT_WEIGHTS  # noqa: E402
+from app.core.weights import load_weights  # noqa: E402
 
 FORWARD_SHAPES = {"64x4096": (64, 4096), "1024x4096": (1024, 4096)}
 SERVICE_SHAPES = ("medium", "large")  # bench_service.SHAPES: 16 x 1024 and 64 x 4096
@@ -189,7 +189,7 @@ class ServiceRow:
 
 async def read_response(reader: asyncio.StreamReader, keep: bool) -> tuple[int, bytes, bool]:
     """Status, body (only when ``keep``) and whether the server closes; large results
-    come with chunked transfer encoding (app/responses.py)."""
+    come with chunked transfer encoding (app/api/responses.py)."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length, chunked, close = 0, False, False

@@ -1,5 +1,5 @@
 """The first ``/smooth`` parser, kept as a test oracle: one ``orjson.loads`` of the whole
-body, then hand checks. ``app.jsoncodec.parse_smooth_body`` replaced it in the service
+body, then hand checks. ``app.api.jsoncodec.parse_smooth_body`` replaced it in the service
 (it never holds the GIL long); the differential tests in ``tests/unit/test_jsoncodec.py``
 and ``benchmarks/bench_codec.py`` compare the two. It knows the fields of issue 10 too:
 null values (NaN), ``history``, ``pairing``, ``gaps``, ``min_periods``, ``dtype``, ``stride``.
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from app.ewma import GAP_MODES, WARMUP_MODES
-from app.options import DTYPES, PAIRINGS
-from app.schemas import FLOAT32_MAX, RequestError, RequestLimits, SmoothJob, excerpt
+from app.api.schemas import FLOAT32_MAX, RequestError, RequestLimits, SmoothJob, excerpt
+from app.core.ewma import GAP_MODES, WARMUP_MODES
+from app.serving.options import DTYPES, PAIRINGS
 
 FIELDS = {"series", "history", "channels", "pairing", "warmup", "gaps", "min_periods", "dtype", "stride"}
 

@@ -1,6 +1,6 @@
-"""Prints ``MODEL_VERSION`` and ``SMOOTH_RESPONSES`` for ``app/docs.py``: the live app's
+"""Prints ``MODEL_VERSION`` and ``SMOOTH_RESPONSES`` for ``app/api/docs.py``: the live app's
 answer to each request example, floats rounded to ``EXAMPLE_DECIMALS``, as Python source
-to paste there (then ``ruff format app/docs.py``). Run after the shipped model changes:
+to paste there (then ``ruff format app/api/docs.py``). Run after the shipped model changes:
 
     python -m tests.api.docs_examples
 """
@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 
-from app.docs import EXAMPLE_DECIMALS, SMOOTH_REQUESTS, SMOOTH_RESPONSES
+from app.api.docs import EXAMPLE_DECIMALS, SMOOTH_REQUESTS, SMOOTH_RESPONSES
 from app.main import create_app
 from tests.api.test_contract import settings
 
@@ -44,7 +44,7 @@ async def answers() -> dict[str, Any]:
 
 
 def source(value: Any, key: str = "") -> str:
-    """``value`` as the Python source of app/docs.py (JSON-like: ``null`` is defined there)."""
+    """``value`` as the Python source of app/api/docs.py (JSON-like: ``null`` is defined there)."""
     if key == "model_version":
         return "MODEL_VERSION"
     if value is None:

@@ -14,9 +14,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from app.budget import parse_bytes
+from app.api.responses import STREAM_VALUES
 from app.main import create_app
-from app.responses import STREAM_VALUES
+from app.serving.budget import parse_bytes
 from tests.api.test_api import ALPHAS, SHIPPED, settings
 from tests.reference import bank_reference, max_relative_error
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from asgi_lifespan import LifespanManager
 
+from app.core.paths import DEFAULT_WEIGHTS
+from app.core.weights import WeightsError, load_weights
 from app.main import create_app
-from app.paths import DEFAULT_WEIGHTS
-from app.settings import Settings
-from app.weights import WeightsError, load_weights
+from app.serving.settings import Settings
 from tests.reference import bank_reference, max_relative_error
 
 SHIPPED = load_weights(DEFAULT_WEIGHTS)

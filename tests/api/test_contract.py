@@ -24,8 +24,8 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.options import SmoothOptions
-from app.settings import Settings
+from app.serving.options import SmoothOptions
+from app.serving.settings import Settings
 from tests.reference import (
     SHIPPED_WEIGHTS,
     bank_reference,

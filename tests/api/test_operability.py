@@ -25,10 +25,12 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 import app as app_package
-from app.budget import MemoryBudget, Reservation
-from app.docs import EXAMPLE_DECIMALS
-from app.ewma import WARMUP_MODES
-from app.intake import (
+from app.api.docs import EXAMPLE_DECIMALS
+from app.api.schemas import RequestError
+from app.core.ewma import WARMUP_MODES
+from app.main import ROUTES, create_app
+from app.serving.budget import MemoryBudget, Reservation
+from app.serving.intake import (
     INFLATE_INPUT_BYTES,
     INFLATE_STEP_BYTES,
     BodyLimits,
@@ -37,9 +39,7 @@ from app.intake import (
     content_coding,
     read_body,
 )
-from app.main import ROUTES, create_app
-from app.metrics import METHODS
-from app.schemas import RequestError
+from app.serving.metrics import METHODS
 from tests.api.test_contract import serving, settings
 
 pytestmark = pytest.mark.anyio
@@ -316,7 +316,7 @@ async def test_no_error_message_quotes_more_than_a_short_excerpt(content, header
 
 
 async def test_an_unexpected_error_is_a_json_500_without_a_traceback():
-    secret = "secret internal state at /srv/app/service.py line 42"
+    secret = "secret internal state at /srv/app/serving/service.py line 42"
 
     async def broken(*args: object) -> None:
         raise RuntimeError(secret)

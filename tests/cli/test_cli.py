@@ -17,8 +17,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from app.cli import build_parser, main
-from app.paths import DEFAULT_WEIGHTS, PROJECT_ROOT
-from app.weights import load_weights
+from app.core.paths import DEFAULT_WEIGHTS, PROJECT_ROOT
+from app.core.weights import load_weights
 from tests.reference import REPO_ROOT, SHIPPED_WEIGHTS, bank_reference, pandas_equivalents, read_weights_file
 from tests.unit.test_model_card import documented_command
 
@@ -423,7 +423,7 @@ def test_every_option_says_its_default_or_that_it_is_required(command, monkeypat
     [("--host", "host"), ("--port", "port"), ("--weights", "weights"), ("--device", "device")],
 )
 def test_serve_help_states_the_settings_defaults(option, field):
-    from app.settings import Settings
+    from app.serving.settings import Settings
 
     (action,) = [a for a in _subcommands()["serve"]._actions if option in a.option_strings]
     assert f"$CONVEWMA_{field.upper()}, else {Settings.model_fields[field].default})" in (action.help or "")

@@ -64,11 +64,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
 
 
 PROBE = """
-import json, app, app.paths
-from app.settings import Settings
-from app.weights import load_weights
+import json, app, app.core.paths
+from app.serving.settings import Settings
+from app.core.weights import load_weights
 loaded = load_weights(Settings().weights)
-print(json.dumps({"package": app.__file__, "default": str(app.paths.DEFAULT_WEIGHTS),
+print(json.dumps({"package": app.__file__, "default": str(app.core.paths.DEFAULT_WEIGHTS),
                   "settings": str(Settings().weights), "sha256": loaded.sha256}))
 """
 

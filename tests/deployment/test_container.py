@@ -23,8 +23,8 @@ import numpy as np
 import orjson
 import pytest
 
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import load_weights
+from app.core.paths import DEFAULT_WEIGHTS
+from app.core.weights import load_weights
 from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 from tests.servers import burst_around, free_port, wait_ready
 

@@ -23,9 +23,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.budget import peak_bytes
-from app.settings import Settings
-from app.weights import load_weights
+from app.core.weights import load_weights
+from app.serving.budget import peak_bytes
+from app.serving.settings import Settings
 
 pytestmark = pytest.mark.deployment
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Connection guards (app/protocol.py) against a real ``convewma serve``, with raw sockets."""
+"""Connection guards (app/serving/protocol.py) against a real ``convewma serve``, with raw sockets."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import drain
+from app.serving import drain
 from tests.servers import free_port, start_replica, stop, wait_ready
 
 pytestmark = pytest.mark.slow

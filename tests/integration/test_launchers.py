@@ -1,6 +1,6 @@
 """SIGTERM drains under every launcher: ``convewma serve``, ``python -m uvicorn app.main:app``,
 and gunicorn with two uvicorn workers (``uvicorn_worker.UvicornWorker`` as a user types it,
-and ``app.gunicorn.ConvEWMAWorker``). The drain is the app's (app/drain.py), so each must:
+and ``app.serving.gunicorn.ConvEWMAWorker``). The drain is the app's (app/serving/drain.py), so each must:
 answer every request sent before or during shutdown with 200 or a clean refusal (503 with
 ``Retry-After`` and ``Connection: close``, or a refused connection once the listener is
 closed), never a reset or a hang, and exit by itself, the whole process group with it."""
@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 import pytest
 
-from app import drain
+from app.serving import drain
 from tests.reference import SHIPPED_WEIGHTS, read_weights_file
 from tests.servers import check_drain_answers, free_port, serve_command, wait_ready
 
@@ -77,7 +77,7 @@ LAUNCHERS = {
     "convewma-serve": Launcher(serve_command, 0),
     "uvicorn": Launcher(uvicorn, -signal.SIGTERM),
     "gunicorn-uvicorn-worker": Launcher(gunicorn("uvicorn_worker.UvicornWorker"), 0, workers=2),
-    "gunicorn-convewma-worker": Launcher(gunicorn("app.gunicorn.ConvEWMAWorker"), 0, workers=2),
+    "gunicorn-convewma-worker": Launcher(gunicorn("app.serving.gunicorn.ConvEWMAWorker"), 0, workers=2),
 }
 
 

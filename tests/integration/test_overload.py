@@ -22,8 +22,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import load_weights
+from app.core.paths import DEFAULT_WEIGHTS
+from app.core.weights import load_weights
 from tests.reference import bank_reference, max_relative_error
 from tests.servers import free_port, start_replica, stop, wait_ready
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from app import batcher as batcher_module
-from app.batcher import (
+from app.core.ewma import ConvEWMA
+from app.serving import batcher as batcher_module
+from app.serving.batcher import (
     BatcherClosedError,
     BatchFailedError,
     BatchLimits,
@@ -17,8 +18,7 @@ from app.batcher import (
     QueueFullError,
     split_request,
 )
-from app.ewma import ConvEWMA
-from app.options import SmoothOptions
+from app.serving.options import SmoothOptions
 
 LAYER = ConvEWMA(2, 8, alpha=[0.2, 0.7]).eval()
 

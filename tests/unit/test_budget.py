@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.admission import StandingQueue
-from app.budget import (
+from app.serving.admission import StandingQueue
+from app.serving.budget import (
     ENCODE_BYTES,
     MemoryBudget,
     Reservation,
@@ -64,7 +64,7 @@ def test_the_sizing_rule_adds_idle_process_one_batch_and_the_budget():
 
 def test_standing_queue_sheds_only_after_a_whole_slow_interval(monkeypatch):
     now = [0.0]
-    monkeypatch.setattr("app.admission.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("app.serving.admission.time.monotonic", lambda: now[0])
     gate = StandingQueue(target_s=1.0, interval_s=1.0)
     gate.observe(3.0)
     assert not gate.is_behind()  # one slow request is a burst, not a standing queue

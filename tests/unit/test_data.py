@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.data import DataError, load_dataset
+from app.training.data import DataError, load_dataset
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

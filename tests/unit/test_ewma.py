@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from app.ewma import ConvEWMA
+from app.core.ewma import ConvEWMA
 from tests.reference import alphas_from_logits, bank_reference, ewma_reference, max_relative_error
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-12}

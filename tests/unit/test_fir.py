@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app import fir
+from app.core import fir
 from tests.reference import fir_reference, max_relative_error
 
 

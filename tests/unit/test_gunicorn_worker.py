@@ -1,4 +1,4 @@
-"""``app.gunicorn.ConvEWMAWorker`` without starting gunicorn: its uvicorn settings and its
+"""``app.serving.gunicorn.ConvEWMAWorker`` without starting gunicorn: its uvicorn settings and its
 check of ``--graceful-timeout``. tests/integration/test_launchers.py runs it for real."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import uvicorn
 
-from app.gunicorn import ConvEWMAWorker, graceful_timeout_needed
-from app.protocol import GuardedHttpToolsProtocol
-from app.settings import Settings
+from app.serving.gunicorn import ConvEWMAWorker, graceful_timeout_needed
+from app.serving.protocol import GuardedHttpToolsProtocol
+from app.serving.settings import Settings
 
 
 def test_workers_use_the_connection_guards():

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import app.jsonbody as jsonbody
-import app.jsoncodec as jsoncodec
-from app.ewma import GAP_MODES, WARMUP_MODES
-from app.jsoncodec import count_values_upper_bound, encode_smooth_response, parse_smooth_body
-from app.jsonscan import find_spans
-from app.options import DTYPES, PAIRINGS
-from app.schemas import RequestError, RequestLimits, SmoothJob
+import app.api.jsonbody as jsonbody
+import app.api.jsoncodec as jsoncodec
+from app.api.jsoncodec import count_values_upper_bound, encode_smooth_response, parse_smooth_body
+from app.api.jsonscan import find_spans
+from app.api.schemas import RequestError, RequestLimits, SmoothJob
+from app.core.ewma import GAP_MODES, WARMUP_MODES
+from app.serving.options import DTYPES, PAIRINGS
 from tests.json_oracle import parse_smooth_request
 
 NAMES = ("fast", "mid", 'a"[b]', "é{x},\\")

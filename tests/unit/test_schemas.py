@@ -4,8 +4,8 @@ import numpy as np
 import orjson
 import pytest
 
-from app.jsoncodec import parse_smooth_body as parse_smooth_request
-from app.schemas import RequestError, RequestLimits
+from app.api.jsoncodec import parse_smooth_body as parse_smooth_request
+from app.api.schemas import RequestError, RequestLimits
 
 LIMITS = RequestLimits(max_series=3, max_length=5)
 NAMES = ("fast", "mid", "slow")

@@ -5,8 +5,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from app.paths import DEFAULT_WEIGHTS
-from app.settings import Settings
+from app.core.paths import DEFAULT_WEIGHTS
+from app.serving.settings import Settings
 
 
 def test_defaults_point_at_the_shipped_model(monkeypatch):

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from app import drain
-from app.drain import DrainState, ExitZeroServer, SignalDrain, running_uvicorn_server
+from app.serving import drain
+from app.serving.drain import DrainState, ExitZeroServer, SignalDrain, running_uvicorn_server
 
 
 async def empty_app(scope: object, receive: object, send: object) -> None:

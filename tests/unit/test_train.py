@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from app.data import Dataset
-from app.train import TrainConfig, fit, truncation_advice
+from app.training.data import Dataset
+from app.training.train import TrainConfig, fit, truncation_advice
 from tests.reference import local_level_optimum, max_relative_error, pandas_equivalents, smooth_reference
 
 

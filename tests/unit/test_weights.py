@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from app.ewma import ConvEWMA
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import ModelCard, WeightsError, load_weights, save_weights
+from app.core.ewma import ConvEWMA
+from app.core.paths import DEFAULT_WEIGHTS
+from app.core.weights import ModelCard, WeightsError, load_weights, save_weights
 from tests.reference import SHIPPED_WEIGHTS, read_weights_file
 
 # float32 alphas against the float64 reference formula on the same logits: measured at

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.workers import OldestFirstPool
+from app.serving.workers import OldestFirstPool
 
 
 def test_queued_calls_run_oldest_request_first_then_in_submission_order():

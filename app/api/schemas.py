@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.ewma import Gaps, Warmup
-from app.options import DType, Pairing
+from app.core.ewma import Gaps, Warmup
+from app.serving.options import DType, Pairing
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from app.cli_common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path, writing
-from app.data import Dataset, load_dataset
-from app.ewma import GAP_MODES, WARMUP_MODES, ConvEWMA
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import load_weights
+from app.cli.common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path, writing
+from app.core.ewma import GAP_MODES, WARMUP_MODES, ConvEWMA
+from app.core.paths import DEFAULT_WEIGHTS
+from app.core.weights import load_weights
+from app.training.data import Dataset, load_dataset
 
 PAIRINGS = ("auto", "each", "bank")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

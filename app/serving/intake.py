@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from app.budget import Reservation
-from app.metrics import Receive
-from app.schemas import RequestError, excerpt
+from app.api.schemas import RequestError, excerpt
+from app.serving.budget import Reservation
+from app.serving.metrics import Receive
 
 T = TypeVar("T")
 INFLATE_STEP_BYTES = 256 * 1024  # decompressed bytes per step (about a millisecond at most)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.continuation import first_output, history_tail
-from app.ewma import Warmup
-from app.options import SmoothOptions
-from app.schemas import RequestError, SmoothJob
+from app.api.schemas import RequestError, SmoothJob
+from app.core.continuation import first_output, history_tail
+from app.core.ewma import Warmup
+from app.serving.options import SmoothOptions
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from app.ewma import Gaps, Warmup
+from app.core.ewma import Gaps, Warmup
 
 DType = Literal["float32", "float64"]
 DTYPES: tuple[str, ...] = get_args(DType)

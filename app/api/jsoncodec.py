@@ -2,8 +2,8 @@
 
 ``parse_smooth_body`` accepts what the first parser (``tests/json_oracle.py``) accepts, to the
 same values, but is meant to run in a worker thread while the event loop keeps answering:
-NumPy finds the series and histories (``app.jsonscan``), orjson parses the small rest, and
-each array is parsed on its own (``app.jsonbody``: simdjson into a float64 buffer, no
+NumPy finds the series and histories (``app.api.jsonscan``), orjson parses the small rest, and
+each array is parsed on its own (``app.api.jsonbody``: simdjson into a float64 buffer, no
 Python object per value; the stdlib parser where simdjson cannot say). A small body is
 read by one orjson call instead, when orjson accepts it. ``encode_smooth_response``
 yields the orjson encoding of a response one row per call; a missing output (NaN) is
@@ -19,12 +19,12 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
-from app import jsonfields
-from app.ewma import GAP_MODES, WARMUP_MODES, Gaps, Warmup
-from app.jsonbody import Body
-from app.jsonscan import COMMA, count_byte
-from app.options import DTYPES, PAIRINGS, DType, Pairing
-from app.schemas import RequestError, RequestLimits, SmoothJob
+from app.api import jsonfields
+from app.api.jsonbody import Body
+from app.api.jsonscan import COMMA, count_byte
+from app.api.schemas import RequestError, RequestLimits, SmoothJob
+from app.core.ewma import GAP_MODES, WARMUP_MODES, Gaps, Warmup
+from app.serving.options import DTYPES, PAIRINGS, DType, Pairing
 
 # Up to this size one orjson call on the whole body is shorter than the scan's fixed cost
 # (about 0.1 ms) and still holds the GIL well under a millisecond.

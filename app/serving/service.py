@@ -14,20 +14,20 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from app.admission import StandingQueue
-from app.batcher import BatchLimits, MicroBatcher
-from app.budget import MemoryBudget, Reservation, parse_bytes, result_bytes
-from app.ewma import GAP_MODES, WARMUP_MODES, equivalents
-from app.intake import Deadline, ServerBusyError, reserve
-from app.jsoncodec import count_values_upper_bound, parse_smooth_body
-from app.metrics import ServiceMetrics
-from app.options import DTYPES, SmoothOptions
-from app.results import Reach, SmoothResult, finish, options_for, rows_of
-from app.runtime import release_free_memory, tune_allocator
-from app.schemas import RequestLimits, SmoothJob
-from app.settings import Settings
-from app.weights import LoadedModel, load_weights
-from app.workers import OldestFirstPool
+from app.api.jsoncodec import count_values_upper_bound, parse_smooth_body
+from app.api.schemas import RequestLimits, SmoothJob
+from app.core.ewma import GAP_MODES, WARMUP_MODES, equivalents
+from app.core.weights import LoadedModel, load_weights
+from app.serving.admission import StandingQueue
+from app.serving.batcher import BatchLimits, MicroBatcher
+from app.serving.budget import MemoryBudget, Reservation, parse_bytes, result_bytes
+from app.serving.intake import Deadline, ServerBusyError, reserve
+from app.serving.metrics import ServiceMetrics
+from app.serving.options import DTYPES, SmoothOptions
+from app.serving.results import Reach, SmoothResult, finish, options_for, rows_of
+from app.serving.runtime import release_free_memory, tune_allocator
+from app.serving.settings import Settings
+from app.serving.workers import OldestFirstPool
 
 T = TypeVar("T")
 # Bodies and results up to this size are parsed and encoded on the event loop: a thread
@@ -39,7 +39,7 @@ SWITCH_INTERVAL_S = 0.001  # GIL hand-over interval while serving (benchmarks/RE
 BACKLOG_LIMIT_S = 0.5
 TRIM_DELAY_S = 0.5  # a heap trim runs this long after the last request ends, if none began
 
-__all__ = ["SmoothResult", "SmoothingService", "Ticket"]  # SmoothResult: app.results
+__all__ = ["SmoothResult", "SmoothingService", "Ticket"]  # SmoothResult: app.serving.results
 
 
 class Ticket:
@@ -88,7 +88,7 @@ class SmoothingService:
         self._trim: asyncio.TimerHandle | None = None
         self._switch_interval = sys.getswitchinterval()
         # Parsing and encoding run here, off the event loop; each call they make holds
-        # the GIL only briefly (app/jsoncodec.py), so probes keep answering. One thread:
+        # the GIL only briefly (app/api/jsoncodec.py), so probes keep answering. One thread:
         # a second only adds GIL contention (both are CPU-bound under the GIL).
         self.codec = OldestFirstPool(workers=1, name="convewma-codec")
         self.device = resolve_device(settings.device)

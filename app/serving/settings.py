@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.paths import DEFAULT_WEIGHTS
+from app.core.paths import DEFAULT_WEIGHTS
 
 
 class Settings(BaseSettings):

@@ -1,6 +1,6 @@
 """The arrays of a ``/smooth`` body, each parsed on its own in short GIL holds.
 
-NumPy finds the arrays ("spans", ``app.jsonscan``); simdjson parses each span of numbers
+NumPy finds the arrays ("spans", ``app.api.jsonscan``); simdjson parses each span of numbers
 straight into a float64 buffer, with no Python object per value. A ``null`` (a missing
 value) is not a number to simdjson's buffer, so a span holding some has each one replaced
 by a ``0`` in a copy, found and checked with a few vectorised NumPy calls, and the value
@@ -18,8 +18,8 @@ import numpy as np
 import orjson
 import simdjson
 
-from app.jsonexact import Constant, convert, not_finite, stdlib
-from app.jsonscan import (
+from app.api.jsonexact import Constant, convert, not_finite, stdlib
+from app.api.jsonscan import (
     CHUNK,
     CLOSE_SQUARE,
     COMMA,
@@ -30,7 +30,7 @@ from app.jsonscan import (
     find_spans,
     is_blank,
 )
-from app.schemas import RequestError, RequestLimits
+from app.api.schemas import RequestError, RequestLimits
 
 SHOWN = 40  # characters of client input that an error message may quote
 _GROUP_VALUES = 1 << 18  # series values converted and checked together

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from app.ewma import MAX_KERNEL_SIZE, WARMUP_MODES, ConvEWMA
+from app.core.ewma import MAX_KERNEL_SIZE, WARMUP_MODES, ConvEWMA
 
 FORMAT_VERSION = "1"
 MAX_DILATION = 1 << 20  # a receptive field of 32 million steps is already beyond any series limit

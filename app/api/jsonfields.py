@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from app.schemas import RequestError
+from app.api.schemas import RequestError
 
 Show = Callable[[Any], str]  # a short quote of client input for error messages
 

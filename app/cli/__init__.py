@@ -1,5 +1,5 @@
 """The ``convewma`` command line: ``train`` fits weights, ``smooth`` applies them to a file,
-``serve`` starts the HTTP service (app/cli_train.py, app/cli_smooth.py, app/cli_serve.py).
+``serve`` starts the HTTP service (app/cli/train.py, app/cli/smooth.py, app/cli/serve.py).
 
 Every user error (bad data, bad weights, a bad setting, an unwritable ``--out``) is one
 line on stderr, never wrapped, and exit status 2; a closed stdout (``convewma smooth |
@@ -20,10 +20,10 @@ from rich.console import Console
 from rich.text import Text
 
 import app
-from app import cli_serve, cli_smooth, cli_train
-from app.cli_common import CliError, HelpFormatter
-from app.data import DataError
-from app.weights import WeightsError
+from app.cli import serve, smooth, train
+from app.cli.common import CliError, HelpFormatter
+from app.core.weights import WeightsError
+from app.training.data import DataError
 
 
 def _version() -> str:
@@ -42,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
-    cli_train.add_parser(commands)
-    cli_smooth.add_parser(commands)
-    cli_serve.add_parser(commands)
+    train.add_parser(commands)
+    smooth.add_parser(commands)
+    serve.add_parser(commands)
     return parser
 
 
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # soft_wrap: a message is one line however narrow the terminal (or 80 columns when
     # stderr is not one); markup off: names from files are printed as they are.
     console = Console(stderr=True, soft_wrap=True, markup=False)
-    handlers = {"train": cli_train.run, "smooth": cli_smooth.run, "serve": cli_serve.run}
+    handlers = {"train": train.run, "smooth": smooth.run, "serve": serve.run}
     try:
         handlers[args.command](args, console)
     except BrokenPipeError:  # the reader of stdout stopped (`| head`): not an error

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from app.data import Dataset
-from app.ewma import MAX_KERNEL_SIZE, ConvEWMA, equivalents
+from app.core.ewma import MAX_KERNEL_SIZE, ConvEWMA, equivalents
+from app.training.data import Dataset
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ reset, which can destroy the answer before the client reads it (RFC 9112, 9.6). 
 (``body_timeout_s``) and requests in progress (``max_concurrency``) are the app's.
 
 Plain uvicorn. ``uvicorn app.main:app`` has none of this unless asked:
-``uvicorn app.main:app --http app.protocol:HttpProtocol`` applies the same limits, read
+``uvicorn app.main:app --http app.serving.protocol:HttpProtocol`` applies the same limits, read
 from the ``CONVEWMA_*`` variables (the drain on SIGTERM is the app's own; not the open-files
 limit, which ``convewma serve`` raises to the hard limit; use ``ulimit -n``). uvicorn's
 own flags only approximate them: ``--timeout-keep-alive 10`` closes idle connections
@@ -52,7 +52,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.settings import Settings
+from app.serving.settings import Settings
 
 logger = logging.getLogger("convewma")
 
@@ -294,7 +294,7 @@ def raise_open_files_limit() -> int | None:
 
 
 def __getattr__(name: str) -> type[GuardedHttpToolsProtocol]:
-    # `uvicorn app.main:app --http app.protocol:HttpProtocol` binds the protocol to the
+    # `uvicorn app.main:app --http app.serving.protocol:HttpProtocol` binds the protocol to the
     # environment's settings on first access, as app.main does for `app`.
     if name == "HttpProtocol":
         protocol = http_protocol(Settings())

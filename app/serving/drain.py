@@ -38,7 +38,7 @@ from typing import Any
 
 import uvicorn
 
-from app.metrics import ASGIApp, Message, Receive, Scope, Send
+from app.serving.metrics import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("convewma")
 DRAIN_QUIET_S = 0.5  # no request running or arriving for this long ends the drain early

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 import orjson
 from fastapi import Response
 
-from app.budget import ENCODE_CHUNK_BYTES
-from app.intake import Deadline
-from app.jsoncodec import encode_smooth_response
-from app.metrics import Receive, Scope, Send
-from app.results import SmoothResult
-from app.service import SmoothingService, Ticket
+from app.api.jsoncodec import encode_smooth_response
+from app.serving.budget import ENCODE_CHUNK_BYTES
+from app.serving.intake import Deadline
+from app.serving.metrics import Receive, Scope, Send
+from app.serving.results import SmoothResult
+from app.serving.service import SmoothingService, Ticket
 
 logger = logging.getLogger("convewma")
 JSON = "application/json"

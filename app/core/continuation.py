@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.ewma import Gaps
+from app.core.ewma import Gaps
 
 
 def first_output(history_length: int, stride: int) -> int:

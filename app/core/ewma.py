@@ -9,8 +9,8 @@ from typing import Literal, cast, get_args
 import torch
 from torch import Tensor, nn
 
-from app.fir import causal_conv1d, causal_fir
-from app.gaps import (
+from app.core.fir import causal_conv1d, causal_fir
+from app.core.gaps import (
     pack_observed,
     prestart_mass,
     unpack,
@@ -26,7 +26,7 @@ GAP_MODES: tuple[str, ...] = get_args(Gaps)
 MAX_KERNEL_SIZE = 32
 # Inputs per slice of rows on the gap-aware paths (without autograd): their arrays beyond
 # the output then take at most about 16 bytes per channel per value of a slice, a few
-# tens of MB (app/budget.py counts it).
+# tens of MB (app/serving/budget.py counts it).
 GAP_WORKSPACE_VALUES = 1 << 18
 
 

@@ -1,9 +1,9 @@
-"""Gunicorn worker: ``gunicorn -k app.gunicorn.ConvEWMAWorker app.main:app``.
+"""Gunicorn worker: ``gunicorn -k app.serving.gunicorn.ConvEWMAWorker app.main:app``.
 
 Any uvicorn worker drains on SIGTERM, ``-k uvicorn_worker.UvicornWorker`` included: the
-drain is the app's (app/drain.py). This one adds what the app cannot do by itself:
+drain is the app's (app/serving/drain.py). This one adds what the app cannot do by itself:
 
-- the connection guards of ``convewma serve`` (app/protocol.py: idle and header
+- the connection guards of ``convewma serve`` (app/serving/protocol.py: idle and header
   timeouts, header size, connection limit), read from the same ``CONVEWMA_*`` variables;
 - a warning at start when ``--graceful-timeout`` (gunicorn's default: 30 s) is shorter
   than a drain plus the longest request, ``CONVEWMA_DRAIN_S + CONVEWMA_REQUEST_TIMEOUT_S
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 from uvicorn_worker import UvicornWorker
 
-from app.settings import Settings
+from app.serving.settings import Settings
 
 SHUTDOWN_MARGIN_S = 5  # uvicorn's and the lifespan's shutdown, the interpreter's exit
 
@@ -31,9 +31,9 @@ def graceful_timeout_needed(settings: Settings) -> int:
 
 
 class ConvEWMAWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn is untyped
-    """``uvicorn_worker.UvicornWorker`` with the connection guards of app/protocol.py."""
+    """``uvicorn_worker.UvicornWorker`` with the connection guards of app/serving/protocol.py."""
 
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "app.protocol:HttpProtocol"}
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "app.serving.protocol:HttpProtocol"}
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:

@@ -8,9 +8,9 @@ import copy
 import torch
 from rich.console import Console
 
-from app.cli_common import CliError, HelpFormatter
-from app.paths import DEFAULT_WEIGHTS
-from app.weights import load_weights
+from app.cli.common import CliError, HelpFormatter
+from app.core.paths import DEFAULT_WEIGHTS
+from app.core.weights import load_weights
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,10 +77,10 @@ def run(args: argparse.Namespace, console: Console) -> None:
     import uvicorn
     from pydantic import ValidationError
 
-    from app.drain import ExitZeroServer
     from app.main import create_app
-    from app.protocol import http_protocol, raise_open_files_limit
-    from app.settings import Settings
+    from app.serving.drain import ExitZeroServer
+    from app.serving.protocol import http_protocol, raise_open_files_limit
+    from app.serving.settings import Settings
 
     overrides = {
         k: v
@@ -104,14 +104,14 @@ def run(args: argparse.Namespace, console: Console) -> None:
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["convewma"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     config = uvicorn.Config(
-        create_app(settings),  # its lifespan drains on SIGTERM (app/drain.py)
+        create_app(settings),  # its lifespan drains on SIGTERM (app/serving/drain.py)
         host=settings.host,
         port=settings.port,
         workers=1,  # batches form inside one process; scale out with replicas
         log_level=settings.log_level,
         log_config=log_config,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
-        # Idle, header and connection limits (app/protocol.py); httptools, as "auto" picks.
+        # Idle, header and connection limits (app/serving/protocol.py); httptools, as "auto" picks.
         http=http_protocol(settings),
         # The protocol uses idle_timeout_s as is; uvicorn's option is whole seconds.
         timeout_keep_alive=max(1, math.ceil(settings.idle_timeout_s)),

@@ -6,13 +6,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.batcher import BatcherClosedError
-from app.budget import Reservation
-from app.docs import SMOOTH_OK, smooth_request_body
-from app.intake import BodyLimits, Deadline, content_coding, read_body, until_disconnected
-from app.responses import json_response, smooth_response
-from app.results import SmoothResult
-from app.schemas import (
+from app.api.docs import SMOOTH_OK, smooth_request_body
+from app.api.responses import json_response, smooth_response
+from app.api.schemas import (
     AlphasResponse,
     ErrorResponse,
     RequestError,
@@ -20,7 +16,11 @@ from app.schemas import (
     SmoothResponse,
     excerpt,
 )
-from app.service import SmoothingService
+from app.serving.batcher import BatcherClosedError
+from app.serving.budget import Reservation
+from app.serving.intake import BodyLimits, Deadline, content_coding, read_body, until_disconnected
+from app.serving.results import SmoothResult
+from app.serving.service import SmoothingService
 
 router = APIRouter()
 JSON = "application/json"

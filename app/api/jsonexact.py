@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from app.schemas import RequestError
+from app.api.schemas import RequestError
 
 
 class Constant:

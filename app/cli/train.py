@@ -13,11 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from app.cli_common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path
-from app.data import load_dataset
-from app.ewma import MAX_KERNEL_SIZE, WARMUP_MODES, equivalents
-from app.train import TrainConfig, TrainResult, fit, truncation_advice
-from app.weights import MAX_DILATION, ModelCard, save_weights
+from app.cli.common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path
+from app.core.ewma import MAX_KERNEL_SIZE, WARMUP_MODES, equivalents
+from app.core.weights import MAX_DILATION, ModelCard, save_weights
+from app.training.data import load_dataset
+from app.training.train import TrainConfig, TrainResult, fit, truncation_advice
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

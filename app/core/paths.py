@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # app/, which holds models/
 PROJECT_ROOT = PACKAGE_DIR.parent
 DEFAULT_WEIGHTS = PACKAGE_DIR / "models" / "convewma.safetensors"

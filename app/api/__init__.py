@@ -1,0 +1,1 @@
+"""HTTP: the /smooth JSON codec, routes, schemas and OpenAPI docs."""

@@ -1,0 +1,2 @@
+"""Serving internals: the service, micro-batcher, admission, memory budget, intake, drain,
+metrics, settings."""

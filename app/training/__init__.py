@@ -1,0 +1,1 @@
+"""Training: data files in, fitted smoothing factors out."""
