@@ -9,25 +9,13 @@ from typing import Literal, cast, get_args
 import torch
 from torch import Tensor, nn
 
-from app.core.fir import causal_conv1d, causal_fir
-from app.core.gaps import (
-    pack_observed,
-    prestart_mass,
-    unpack,
-    window_counts,
-    without_short_head,
-    without_short_windows,
-)
+from app.core.filters import Filter, smooth
 
 Warmup = Literal["zeros", "adjust"]
 WARMUP_MODES: tuple[str, ...] = get_args(Warmup)
 Gaps = Literal["decay", "skip"]
 GAP_MODES: tuple[str, ...] = get_args(Gaps)
 MAX_KERNEL_SIZE = 32
-# Inputs per slice of rows on the gap-aware paths (without autograd): their arrays beyond
-# the output then take at most about 16 bytes per channel per value of a slice, a few
-# tens of MB (app/serving/budget.py counts it).
-GAP_WORKSPACE_VALUES = 1 << 18
 
 
 def check_warmup(warmup: str) -> Warmup:
@@ -165,7 +153,7 @@ class ConvEWMA(nn.Module):
         self.dropout = float(dropout)
         self._initial_alpha = initial
         self.logits = nn.Parameter(torch.empty(channels, device=device, dtype=dtype))
-        self._constants_cache: dict[tuple[object, ...], tuple[Tensor, Tensor | None, Tensor | None]] = {}
+        self._filter_cache: dict[tuple[object, ...], Filter] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -240,31 +228,15 @@ class ConvEWMA(nn.Module):
             # rounding is far finer than the narrow format's last place.
             wide = self.forward(x.double(), warmup, gaps=gaps, min_periods=min_periods, stride=stride)
             return wide.to(x.dtype)
-        if not bool(gappy.any()):
-            y = self._dense(x, mode, min_periods)
-        elif torch.is_grad_enabled():
-            y = self._with_gaps(x, mode, gap_mode, min_periods)
-        else:
-            # The gap-aware paths hold a few arrays as large as their output: run them a
-            # slice of rows at a time into the output, so that their working memory stays
-            # bounded (GAP_WORKSPACE_VALUES) however large the batch; a slice without a
-            # gap takes the plain path.
-            y = x.new_empty(x.shape[0], self.channels, x.shape[2])
-            rows = max(1, GAP_WORKSPACE_VALUES // max(1, x.shape[2]))
-            for first in range(0, x.shape[0], rows):
-                part = slice(first, first + rows)
-                if bool(gappy[part].any()):
-                    y[part] = self._with_gaps(x[part], mode, gap_mode, min_periods)
-                else:
-                    y[part] = self._dense(x[part], mode, min_periods)
+        y = smooth(x, self._filter(mode, x.dtype, x.device), gap_mode, min_periods, gappy)
         if mode == "adjust" and x.dtype != torch.float64:
-            y = self._exact_start(x, y, gap_mode if bool(gappy.any()) else None, min_periods)
+            y = self._exact_start(x, y, gap_mode, min_periods)
         if self.training and self.dropout > 0.0:
             keep = torch.rand(self.channels, device=y.device) >= self.dropout
             y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)
         return y if stride == 1 else y[..., ::stride].contiguous()
 
-    def _exact_start(self, x: Tensor, y: Tensor, gaps: str | None, min_periods: int) -> Tensor:
+    def _exact_start(self, x: Tensor, y: Tensor, gaps: str, min_periods: int) -> Tensor:
         """The first ``(K-1)d`` outputs of ``adjust``, whose windows are partial, again in
         float64 (they depend only on the first ``(K-1)d`` inputs), rounded once: so the
         first output is the first input exactly, as in pandas."""
@@ -272,66 +244,15 @@ class ConvEWMA(nn.Module):
         if head == 0:
             return y
         part = x[..., :head].double()
-        exact = (
-            self._dense(part, "adjust", min_periods)
-            if gaps is None
-            else self._with_gaps(part, "adjust", gaps, min_periods)
-        ).to(y.dtype)
+        gappy = torch.isnan(part).flatten(1).any(dim=1)
+        exact = smooth(part, self._filter("adjust", part.dtype, part.device), gaps, min_periods, gappy)
+        exact = exact.to(y.dtype)
         if y.requires_grad:
             return torch.cat([exact, y[..., head:]], dim=-1)
         y[..., :head] = exact
         return y
 
-    def _dense(self, x: Tensor, mode: str, min_periods: int) -> Tensor:
-        taps, fold, start_scale = self._constants(mode, x.dtype, x.device)
-        y = self._convolve(x, taps, fold=fold)
-        if start_scale is not None:
-            y = self._adjust_start(y, start_scale)
-        return without_short_head(y, min_periods, self.dilation)
-
-    def _with_gaps(self, x: Tensor, mode: str, gaps: str, min_periods: int) -> Tensor:
-        observed = torch.isnan(x).logical_not_()
-        if gaps == "skip":
-            packed, last = pack_observed(x, observed)
-            return unpack(self._dense(packed, mode, min_periods), last)
-        taps, fold, _ = self._constants(mode, x.dtype, x.device)
-        inf = float("inf")
-        numerator = self._convolve(torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf), taps, fold=fold)
-        present = observed.to(x.dtype)
-        raw = mode == "zeros" and not self.normalize
-        mass = prestart_mass(taps, self.dilation, x.shape[-1]) if mode == "zeros" else None
-        if not (numerator.requires_grad or raw or min_periods > 1) and bool(taps.min() > 0):
-            # The common case, in place (each pass over (N, C, T) costs about as much as a
-            # FIR). With every tap positive, a window without an observation is exactly
-            # the one whose weight is 0; its numerator is 0 too, and 0 / 0 marks it NaN.
-            weight = self._convolve(present, taps, fold=fold)
-            if mass is None:
-                return numerator.div_(weight)
-            head = mass.shape[-1]  # the positions before the start are observed zeros
-            empty = weight[..., :head] == 0
-            weight[..., :head] += mass
-            numerator.div_(weight)
-            numerator[..., :head].masked_fill_(empty, float("nan"))
-            return numerator
-        counts = window_counts(present, self.kernel_size, self.dilation)
-        if raw:
-            return without_short_windows(numerator, counts, min_periods)
-        weight = self._convolve(present, taps, fold=fold)
-        if not numerator.requires_grad:
-            if mass is not None:
-                weight[..., : mass.shape[-1]] += mass
-            # A weight that underflows to 0 leaves a 0 numerator: divide by anything positive.
-            numerator.div_(weight.clamp_(min=torch.finfo(x.dtype).tiny))
-            return numerator.masked_fill_(counts < max(1, min_periods), float("nan"))
-        if mass is not None:
-            weight = torch.cat([weight[..., : mass.shape[-1]] + mass, weight[..., mass.shape[-1] :]], dim=-1)
-        # Dividing by 1 where the weight is 0 keeps the gradient finite under the NaN mask.
-        y = numerator / torch.where(weight > 0, weight, torch.ones((), dtype=x.dtype, device=x.device))
-        return without_short_windows(y, counts, min_periods)
-
-    def _constants(
-        self, mode: str, dtype: torch.dtype, device: torch.device
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _filter(self, mode: str, dtype: torch.dtype, device: torch.device) -> Filter:
         """Taps, fold ratios and warm-up rescaling for one call.
 
         Without autograd they depend only on the logits, so they are cached until the
@@ -339,29 +260,28 @@ class ConvEWMA(nn.Module):
         ``load_state_dict``): rebuilding them costs more than smoothing a short series.
         """
         if torch.is_grad_enabled() and self.logits.requires_grad:
-            return self._build_constants(mode, dtype)
+            return self._build_filter(mode, dtype)
         inference = torch.is_inference_mode_enabled()  # inference tensors stay in inference mode
         key = (mode, dtype, device, inference, self.logits._version, self.logits.data_ptr())
-        cached = self._constants_cache.get(key)
+        cached = self._filter_cache.get(key)
         if cached is None:
-            if len(self._constants_cache) >= 16:
-                self._constants_cache.clear()
+            if len(self._filter_cache) >= 16:
+                self._filter_cache.clear()
             with torch.no_grad():
-                cached = self._build_constants(mode, dtype)
-            self._constants_cache[key] = cached
+                cached = self._build_filter(mode, dtype)
+            self._filter_cache[key] = cached
         return cached
 
-    def _build_constants(self, mode: str, dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _build_filter(self, mode: str, dtype: torch.dtype) -> Filter:
+        fold = self._fold_ratios(dtype)
         if mode != "adjust":
-            return self.kernel(dtype), self._fold_ratios(dtype), None
+            return Filter(self.kernel(dtype), fold, None, mode, self.normalize, self.dilation)
         # The rescaling uses float64 taps: their partial sums divide the first K - 1 outputs.
         taps = self.kernel(torch.float64, normalize=True)
         partial = taps.cumsum(dim=1)[:, : self.kernel_size - 1]  # the full sum is 1
         # Output t of a dilated filter sees lags up to t // d: d outputs share each sum.
-        # Kept in float64 (applied in float64, below): a float32 output near the float32
-        # maximum times a float32 1 / partial can round past it to infinity.
         scale = (1.0 / partial).repeat_interleave(self.dilation, dim=1)
-        return taps.to(dtype), self._fold_ratios(dtype), scale
+        return Filter(taps.to(dtype), fold, scale, mode, True, self.dilation)
 
     def _fold_ratios(self, dtype: torch.dtype) -> Tensor | None:
         """``(1 - alpha)^(K/2)``: a geometric kernel's second half is its first half scaled."""
@@ -369,33 +289,6 @@ class ConvEWMA(nn.Module):
             return None
         work = torch.promote_types(torch.promote_types(self.logits.dtype, dtype), torch.float32)
         return (1.0 - self._alphas_in(work).detach()).pow(self.kernel_size // 2)
-
-    def _convolve(self, x: Tensor, taps: Tensor, fold: Tensor | None = None) -> Tensor:
-        depthwise = x.shape[1] == self.channels and self.channels > 1
-        if torch.is_grad_enabled() and (x.requires_grad or taps.requires_grad):
-            return causal_conv1d(x, taps, groups=self.channels if depthwise else 1, dilation=self.dilation)
-        if not depthwise:
-            return self._fir(x[:, 0], taps, fold)
-        out = x.new_empty(x.shape)
-        for c in range(self.channels):
-            ratio = None if fold is None else fold[c : c + 1]
-            out[:, c] = self._fir(x[:, c], taps[c : c + 1], ratio)[:, 0]
-        return out
-
-    def _fir(self, x: Tensor, taps: Tensor, fold: Tensor | None) -> Tensor:
-        return causal_fir(x, taps, fold=fold, dilation=self.dilation)
-
-    def _adjust_start(self, y: Tensor, scale: Tensor) -> Tensor:
-        """Rescale outputs t < K-1 from the full-kernel sum to the partial sum."""
-        head = min(scale.shape[-1], y.shape[-1])
-        if head == 0:
-            return y
-        scale = scale[:, :head].unsqueeze(0)
-        start = (y[..., :head].to(scale.dtype) * scale).to(y.dtype)
-        if y.requires_grad:
-            return torch.cat([start, y[..., head:]], dim=-1)
-        y[..., :head] = start
-        return y
 
     def extra_repr(self) -> str:
         return (

@@ -49,7 +49,7 @@ def batch_bytes(max_batch_values: int, channels: int, itemsize: int = FLOAT32) -
 
 
 # What a forward holds beyond its input and output: the FIR's copies and scratch, and the
-# gap-aware paths' arrays, which run a slice of at most ewma.GAP_WORKSPACE_VALUES rows'
+# gap-aware paths' arrays, which run a slice of at most filters.GAP_WORKSPACE_VALUES rows'
 # values at a time. Measured at up to 45 MB (a 4M-value float64 batch with gaps, C = 4).
 FORWARD_WORKSPACE_BYTES = 48 * 1024 * 1024
 

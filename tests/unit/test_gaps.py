@@ -287,7 +287,7 @@ def test_fast_channel_warmup_weights_keep_float32_accuracy(min_periods, alpha):
 def test_gap_aware_rows_run_in_bounded_slices_with_the_same_results(gaps):
     # 40 rows of 10,000 values: more than GAP_WORKSPACE_VALUES, so the batch runs in
     # slices of rows; the first slice has no gap (plain path), the others do.
-    from app.core.ewma import GAP_WORKSPACE_VALUES
+    from app.core.filters import GAP_WORKSPACE_VALUES
 
     x = series_with_gaps(40, 10_000, seed=9)
     rows = GAP_WORKSPACE_VALUES // 10_000
