@@ -43,7 +43,8 @@ def _near_the_maximum(x: Tensor, top: Tensor, bottom: Tensor, gappy: Tensor) -> 
         return True
     if not bool(gappy.any()):
         return False
-    known = torch.nan_to_num(x[gappy], nan=0.0)  # the row extremes above are NaN
+    rows = x if bool(gappy.all()) else x[gappy]  # (a boolean index copies)
+    known = torch.nan_to_num(rows, nan=0.0)  # the row extremes above are NaN
     return bool(known.amax().double() > limit) or bool(known.amin().double() < -limit)
 
 

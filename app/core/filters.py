@@ -81,30 +81,59 @@ def _adjust_start(y: Tensor, scale: Tensor) -> Tensor:
     return y
 
 
-def with_gaps(x: Tensor, f: Filter, gaps: str, min_periods: int) -> Tensor:
-    """A batch with missing values (NaN): the sums over the observed lags only."""
-    observed = torch.isnan(x).logical_not_()
-    if gaps == "skip":
-        packed, last = pack_observed(x, observed)
-        return unpack(dense(packed, f, min_periods), last)
+def observed_and_zeroed(x: Tensor) -> Tensor:
+    """``(2N, ...)``: rows ``:N`` are 1.0 where ``x`` is observed (0.0 for NaN), rows ``N:``
+    are ``x`` with 0 for NaN; stacked so that one FIR call smooths both.
+
+    No boolean tensor: each pass over one costs several times a float pass here, while
+    ``x == x`` (false only for NaN) written straight into a float tensor is one pass.
+    """
+    rows = x.shape[0]
+    both = x.new_empty((2 * rows, *x.shape[1:]))
     inf = float("inf")
-    numerator = convolve(torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf), f)
-    present = observed.to(x.dtype)
+    torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf, out=both[rows:])
+    torch.eq(x, x, out=both[:rows])
+    return both
+
+
+def with_gaps(x: Tensor, f: Filter, gaps: str, min_periods: int, out: Tensor | None = None) -> Tensor:
+    """A batch with missing values (NaN): the sums over the observed lags only; written
+    into ``out`` when given (without autograd)."""
+    if gaps == "skip":
+        packed, last = pack_observed(x)
+        return _into(unpack(dense(packed, f, min_periods), last), out)
     raw = f.mode == "zeros" and not f.normalize
     mass = prestart_mass(f.taps, f.dilation, x.shape[-1]) if f.mode == "zeros" else None
-    if not (numerator.requires_grad or raw or min_periods > 1) and bool(f.taps.min() > 0):
+    fast = not (torch.is_grad_enabled() and (x.requires_grad or f.taps.requires_grad))
+    if fast and not (raw or min_periods > 1) and bool(f.taps.min() > 0):
         # The common case, in place (each pass over (N, C, T) costs about as much as a
         # FIR). With every tap positive, a window without an observation is exactly the
         # one whose weight is 0; its numerator is 0 too, and 0 / 0 marks it NaN.
-        weight = convolve(present, f)
+        both = convolve(observed_and_zeroed(x), f)
+        weight, numerator = both[: x.shape[0]], both[x.shape[0] :]
+        target = numerator if out is None else out
         if mass is None:
-            return numerator.div_(weight)
+            return torch.div(numerator, weight, out=target)
         head = mass.shape[-1]  # the positions before the start are observed zeros
         empty = weight[..., :head] == 0
         weight[..., :head] += mass
-        numerator.div_(weight)
-        numerator[..., :head].masked_fill_(empty, float("nan"))
-        return numerator
+        torch.div(numerator, weight, out=target)
+        target[..., :head].masked_fill_(empty, float("nan"))
+        return target
+    return _into(_with_gaps_counted(x, f, min_periods, raw, mass), out)
+
+
+def _into(result: Tensor, out: Tensor | None) -> Tensor:
+    if out is None:
+        return result
+    return out.copy_(result)
+
+
+def _with_gaps_counted(x: Tensor, f: Filter, min_periods: int, raw: bool, mass: Tensor | None) -> Tensor:
+    """The other cases: autograd, raw sums, ``min_periods`` > 1, or taps that underflow."""
+    present = torch.eq(x, x).to(x.dtype)
+    inf = float("inf")
+    numerator = convolve(torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf), f)
     counts = window_counts(present, f.kernel_size, f.dilation)
     if raw:
         return without_short_windows(numerator, counts, min_periods)
@@ -136,7 +165,7 @@ def smooth(x: Tensor, f: Filter, gaps: str, min_periods: int, gappy: Tensor) -> 
     for first in range(0, x.shape[0], rows):
         part = slice(first, first + rows)
         if bool(gappy[part].any()):
-            y[part] = with_gaps(x[part], f, gaps, min_periods)
+            with_gaps(x[part], f, gaps, min_periods, out=y[part])
         else:
             y[part] = dense(x[part], f, min_periods)
     return y

@@ -214,10 +214,14 @@ def test_pandas_equivalents(alpha):
 
 
 @pytest.mark.parametrize("dilation", [1, 2, 5])
-@pytest.mark.parametrize(("channels", "kernel_size", "fold"), [(1, 7, False), (3, 7, False), (2, 32, True)])
+@pytest.mark.parametrize(
+    ("channels", "kernel_size", "fold"), [(1, 7, False), (3, 31, False), (2, 32, True), (1, 32, True)]
+)
 @pytest.mark.parametrize("length", [20_011, 20_480])
 def test_dilated_fir_lanes_equal_the_literal_dilated_kernel(dilation, channels, kernel_size, fold, length):
-    # Past the conv1d cut-over; lengths that are and are not multiples of block * dilation.
+    # K = 7 stays on conv1d; the others pass the cut-over: the depth-wise convolution (one
+    # channel) and the lanes (folded and not); lengths that are and are not multiples of
+    # block * dilation.
     alphas = torch.linspace(0.1, 0.7, channels, dtype=torch.float64)
     taps = alphas[:, None] * (1 - alphas[:, None]) ** torch.arange(kernel_size, dtype=torch.float64)
     ratios = (1 - alphas) ** (kernel_size // 2) if fold else None
