@@ -38,6 +38,9 @@ class Filter:
     mode: str  # "zeros" or "adjust"
     normalize: bool
     dilation: int
+    # adjust, float64, (K-1)d <= START_BANK_LIMIT: (H, C, H), output t < H = (K-1)d as a
+    # product of the first H inputs, partial-window normalisation included
+    start_bank: Tensor | None = None
 
     @property
     def kernel_size(self) -> int:
@@ -105,10 +108,11 @@ def with_gaps(x: Tensor, f: Filter, gaps: str, min_periods: int, out: Tensor | N
     raw = f.mode == "zeros" and not f.normalize
     mass = prestart_mass(f.taps, f.dilation, x.shape[-1]) if f.mode == "zeros" else None
     fast = not (torch.is_grad_enabled() and (x.requires_grad or f.taps.requires_grad))
-    if fast and not (raw or min_periods > 1) and bool(f.taps.min() > 0):
+    if fast and not (raw or min_periods > 1):
         # The common case, in place (each pass over (N, C, T) costs about as much as a
-        # FIR). With every tap positive, a window without an observation is exactly the
-        # one whose weight is 0; its numerator is 0 too, and 0 / 0 marks it NaN.
+        # FIR). A window without an observation has weight 0 and numerator 0: 0 / 0 marks
+        # it NaN. (So does one whose only observations sit at lags whose taps underflow
+        # to zero in a narrow dtype, as in the other paths: such lags carry no weight.)
         both = convolve(observed_and_zeroed(x), f)
         weight, numerator = both[: x.shape[0]], both[x.shape[0] :]
         target = numerator if out is None else out
@@ -138,22 +142,66 @@ def _with_gaps_counted(x: Tensor, f: Filter, min_periods: int, raw: bool, mass: 
     if raw:
         return without_short_windows(numerator, counts, min_periods)
     weight = convolve(present, f)
+    # No real observation carries weight: none at all, or only at lags whose taps
+    # underflow to zero in a narrow dtype (checked before the start's zeros add theirs).
+    missing = (weight == 0) | (counts < max(1, min_periods))
     if not numerator.requires_grad:
         if mass is not None:
             weight[..., : mass.shape[-1]] += mass
-        # A weight that underflows to 0 leaves a 0 numerator: divide by anything positive.
-        numerator.div_(weight.clamp_(min=torch.finfo(x.dtype).tiny))
-        return numerator.masked_fill_(counts < max(1, min_periods), float("nan"))
+        return numerator.div_(weight).masked_fill_(missing, float("nan"))
     if mass is not None:
         weight = torch.cat([weight[..., : mass.shape[-1]] + mass, weight[..., mass.shape[-1] :]], dim=-1)
     # Dividing by 1 where the weight is 0 keeps the gradient finite under the NaN mask.
     y = numerator / torch.where(weight > 0, weight, torch.ones((), dtype=x.dtype, device=x.device))
-    return without_short_windows(y, counts, min_periods)
+    return torch.where(missing, torch.full((), float("nan"), dtype=x.dtype, device=x.device), y)
 
 
-def smooth(x: Tensor, f: Filter, gaps: str, min_periods: int, gappy: Tensor) -> Tensor:
-    """``x`` ``(N, 1 or C, T)`` whose rows ``gappy`` hold a NaN: each row by its path."""
-    if not bool(gappy.any()):
+START_BANK_LIMIT = 256  # (K-1)d beyond which the start is recomputed by the general path
+
+
+def start_bank(taps: Tensor, scale: Tensor, dilation: int) -> Tensor:
+    """``(H, C, H)`` with ``H = (K-1)d``: ``y[:, c, t] = sum_s x[:, s] bank[s, c, t]`` for
+    ``t < H`` in ``adjust`` (taps float64 ``(C, K)``, ``scale`` the ``(C, H)`` 1 / partial sums)."""
+    channels, kernel_size = taps.shape
+    head = (kernel_size - 1) * dilation
+    bank = taps.new_zeros(head, channels, head)
+    outputs = torch.arange(head, device=taps.device)
+    for k in range(kernel_size):
+        keep = outputs >= k * dilation
+        t = outputs[keep]
+        bank[t - k * dilation, :, t] = (taps[:, k : k + 1] * scale[:, t]).T
+    return bank
+
+
+def exact_start(
+    x: Tensor, y: Tensor, f: Filter, gaps: str, min_periods: int, *, gaps_possible: bool = True
+) -> Tensor:
+    """``y`` with its first ``(K-1)d`` outputs recomputed by ``f`` (a float64 ``adjust``
+    filter) and rounded once to ``y``'s dtype; those windows are partial and depend only
+    on the first ``(K-1)d`` inputs."""
+    head = min(x.shape[-1], (f.kernel_size - 1) * f.dilation)
+    if head == 0:
+        return y
+    part = x[..., :head].double()
+    gappy = torch.isnan(part.sum(dim=-1)).any(dim=1) if gaps_possible else None
+    if f.start_bank is not None and (gappy is None or not bool(gappy.any())) and not y.requires_grad:
+        bank = f.start_bank[:head, :, :head]
+        if part.shape[1] == 1:  # a bank: every channel of each series
+            exact = (part[:, 0] @ bank.reshape(head, -1)).view(part.shape[0], -1, head)
+        else:
+            exact = torch.einsum("nch,hct->nct", part, bank)
+        exact = without_short_head(exact, min_periods, f.dilation)
+    else:
+        exact = smooth(part, f, gaps, min_periods, gappy)
+    if y.requires_grad:
+        return torch.cat([exact.to(y.dtype), y[..., head:]], dim=-1)
+    y[..., :head] = exact
+    return y
+
+
+def smooth(x: Tensor, f: Filter, gaps: str, min_periods: int, gappy: Tensor | None) -> Tensor:
+    """``x`` ``(N, 1 or C, T)`` whose rows ``gappy`` hold a NaN (None: none does)."""
+    if gappy is None or not bool(gappy.any()):
         return dense(x, f, min_periods)
     if torch.is_grad_enabled():
         return with_gaps(x, f, gaps, min_periods)

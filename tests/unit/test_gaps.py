@@ -304,3 +304,26 @@ def test_gap_aware_rows_run_in_bounded_slices_with_the_same_results(gaps):
         together = layer(torch.tensor(x), gaps=gaps).numpy()
         alone = np.concatenate([layer(torch.tensor(x[i : i + 1]), gaps=gaps).numpy() for i in range(40)])
     assert_matches(together, alone, 1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    ("depthwise", "gaps", "dilation"),
+    [(False, None, 1), (True, None, 3), (False, "decay", 1), (False, "skip", 2)],
+)
+def test_adjust_starts_at_the_first_input_exactly(dtype, depthwise, gaps, dilation):
+    # pandas' first ewm output is the first value; the partial windows are computed in
+    # float64 and rounded once, so no narrow-float rounding shows there.
+    layer = ConvEWMA(4, 32, warmup="adjust", dilation=dilation, alpha=ALPHAS)
+    x = torch.tensor(series_with_gaps(4, 200, seed=12) * 1000.0 + 0.1, dtype=dtype)
+    if gaps is None:
+        x = torch.nan_to_num(x, nan=1.5)
+    x = x.view(1, 4, 200) if depthwise else x
+    with torch.inference_mode():
+        y = layer(x, gaps=gaps or "decay")
+    first = x[..., 0] if depthwise else x[:, :1].expand(-1, 4)
+    first_out = y[..., 0] if depthwise else y[:, :, 0]
+    observed = ~torch.isnan(first)
+    assert bool(observed.any())
+    torch.testing.assert_close(first_out[observed], first[observed], rtol=0, atol=0)
+    assert torch.isnan(first_out[~observed]).all()
