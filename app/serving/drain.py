@@ -47,6 +47,7 @@ DRAIN_QUIET_S = 0.5  # no request running or arriving for this long ends the dra
 # master then forwards the signal to its workers a moment later.
 REPEAT_S = 1.0
 TICK_S = 0.1  # how often the drain looks at the server's activity, as uvicorn's main loop
+QUIET_TICKS = round(DRAIN_QUIET_S / TICK_S)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 SignalHandler = Callable[[int, FrameType | None], Any]
@@ -173,11 +174,19 @@ class SignalDrain:
         last_count = state.total_requests
         self.log.info("draining: readiness and new work answer 503 until quiet for %g s", DRAIN_QUIET_S)
         ticks = 1
+        idle_ticks = 0
         while not server.should_exit:
             now = time.monotonic()
             if state.tasks or state.total_requests != last_count:
-                last_count, last_activity = state.total_requests, now
-            if now - last_activity >= DRAIN_QUIET_S or now - started >= self.drain_s:
+                last_count, last_activity, idle_ticks = state.total_requests, now, 0
+            else:
+                idle_ticks += 1
+            # Quiet is counted in ticks as well as in time: when the event loop is starved
+            # (a busy CPU), one late tick spans 0.5 s in which arrivals sat unaccepted in
+            # the listen backlog; closing then would reset them. Each tick yields to the
+            # loop, so several idle ticks in a row mean nothing was waiting.
+            quiet = idle_ticks >= QUIET_TICKS and now - last_activity >= DRAIN_QUIET_S
+            if quiet or now - started >= self.drain_s:
                 self.log.info("drained after %.1f s; shutting down", now - started)
                 self._originals[sig](sig, None)
                 return
