@@ -227,6 +227,8 @@ class ConvEWMA(nn.Module):
             raise ValueError(
                 f"input must be (N, T), (N, 1, T) or (N, {self.channels}, T), got {tuple(x.shape)}"
             )
+        if x.shape[-1] == 0:
+            return x.new_empty(x.shape[0], self.channels, 0)
         # Row maxima and minima are NaN where a row holds a NaN: two fast reductions
         # instead of a boolean pass, and one number (one sync) for the common case.
         top, bottom = x.detach().amax(dim=-1), x.detach().amin(dim=-1)

@@ -51,6 +51,8 @@ def convolve(x: Tensor, f: Filter, taps: Tensor | None = None) -> Tensor:
     """``(N, 1 or C, T)`` to ``(N, C, T)``: a filter bank, or depth-wise when ``x`` has C rows."""
     taps = f.taps if taps is None else taps
     channels = taps.shape[0]
+    if x.shape[-1] == 0:  # e.g. a row with no observation, packed by gaps="skip"
+        return x.new_empty(x.shape[0], channels, 0)
     depthwise = x.shape[1] == channels and channels > 1
     if torch.is_grad_enabled() and (x.requires_grad or taps.requires_grad):
         return causal_conv1d(x, taps, groups=channels if depthwise else 1, dilation=f.dilation)

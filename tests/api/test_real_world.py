@@ -159,6 +159,32 @@ async def test_fifty_chunks_with_history_equal_one_request(dtype, gaps, missing,
     assert_close(one, expected(values, ALL, gaps=gaps, stride=stride), TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("gaps", ["decay", "skip"])
+@pytest.mark.parametrize(("history", "stride"), [(None, 1), ([None], 3), ([1.0, None], 1)])
+async def test_series_without_any_observation_answer_null(gaps, history, stride):
+    # Under gaps="skip" a series of nulls packs to no value at all (it once reached the
+    # convolution empty and failed the batch with a 500).
+    body: dict[str, Any] = {"series": [[None, None], [1.0, None]], "gaps": gaps, "stride": stride}
+    if history is not None:
+        body["history"] = [history, []]
+    async with serving() as (_, http):
+        response = await post(http, body)
+    assert response.status_code == 200, response.text
+    for index, values in enumerate(body["series"]):
+        before = (
+            np.array([np.nan if v is None else v for v in (history or [])]) if index == 0 else np.empty(0)
+        )
+        raw = np.array([np.nan if v is None else v for v in values])
+        want = continuation_reference_rows(before, raw, gaps=gaps, stride=stride)
+        assert_close(as_array(response.json()["smoothed"][index]), want, TOLERANCE["float32"])
+
+
+def continuation_reference_rows(before: np.ndarray, values: np.ndarray, **options: Any) -> np.ndarray:
+    stride = options["stride"]
+    full = expected(np.concatenate([before, values]), ALL, **options)
+    return full[:, -(-len(before) // stride) :]
+
+
 # -- pairing, precision --------------------------------------------------------------------------
 
 

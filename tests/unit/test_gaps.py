@@ -326,3 +326,14 @@ def test_adjust_starts_at_the_first_input_exactly(dtype, depthwise, gaps, dilati
     assert bool(observed.any())
     torch.testing.assert_close(first_out[observed], first[observed], rtol=0, atol=0)
     assert torch.isnan(first_out[~observed]).all()
+
+
+@pytest.mark.parametrize("gaps", ["decay", "skip"])
+@pytest.mark.parametrize("length", [0, 1, 2, 40])
+def test_series_without_any_observation_are_all_missing(gaps, length):
+    # gaps="skip" packs each row's observations: here none, an empty series to smooth.
+    layer = layer_for(32, "adjust", True)
+    with torch.inference_mode():
+        y = layer(torch.full((2, length), float("nan")), gaps=gaps)
+    assert y.shape == (2, len(ALPHAS), length)
+    assert torch.isnan(y).all()
