@@ -119,11 +119,8 @@ def causal_fir(
         # the cost of none for one channel (a bank needs the lanes below: one group per
         # series and channel is several times slower); the lanes' transposing copies
         # would cost about as much as the filter (benchmarks/README.md).
-        weight = taps.flip(-1).expand(series, kernel_size).unsqueeze(1)
-        padded = torch.nn.functional.pad(x.unsqueeze(0), ((kernel_size - 1) * dilation, 0))
-        return torch.nn.functional.conv1d(padded, weight, groups=series, dilation=dilation).view(
-            series, 1, length
-        )
+        depthwise = causal_conv1d(x.unsqueeze(0), taps.expand(series, kernel_size), series, dilation)
+        return depthwise.view(series, 1, length)
 
     blocks_per_lane = -(-lane_length // block)
     lane_padded = blocks_per_lane * block
