@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from app.core.filters import START_BANK_LIMIT, Filter, exact_start, smooth, start_bank
+from app.core.gaps import prestart_mass
 
 Warmup = Literal["zeros", "adjust"]
 WARMUP_MODES: tuple[str, ...] = get_args(Warmup)
@@ -275,7 +276,10 @@ class ConvEWMA(nn.Module):
     def _build_filter(self, mode: str, dtype: torch.dtype) -> Filter:
         fold = self._fold_ratios(dtype)
         if mode != "adjust":
-            return Filter(self.kernel(dtype), fold, None, mode, self.normalize, self.dilation)
+            taps = self.kernel(dtype)
+            head = (self.kernel_size - 1) * self.dilation
+            prestart = prestart_mass(taps, self.dilation, head)  # built once, not per call
+            return Filter(taps, fold, None, mode, self.normalize, self.dilation, prestart=prestart)
         # The rescaling uses float64 taps: their partial sums divide the first K - 1 outputs.
         taps = self.kernel(torch.float64, normalize=True)
         partial = taps.cumsum(dim=1)[:, : self.kernel_size - 1]  # the full sum is 1

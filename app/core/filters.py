@@ -15,7 +15,6 @@ from torch import Tensor
 from app.core.fir import causal_conv1d, causal_fir
 from app.core.gaps import (
     pack_observed,
-    prestart_mass,
     unpack,
     window_counts,
     without_short_head,
@@ -41,6 +40,8 @@ class Filter:
     # adjust, float64, (K-1)d <= START_BANK_LIMIT: (H, C, H), output t < H = (K-1)d as a
     # product of the first H inputs, partial-window normalisation included
     start_bank: Tensor | None = None
+    # zeros: (C, (K-1)d), the weight of the lags of position t that fall before the start
+    prestart: Tensor | None = None
 
     @property
     def kernel_size(self) -> int:
@@ -108,7 +109,7 @@ def with_gaps(x: Tensor, f: Filter, gaps: str, min_periods: int, out: Tensor | N
         packed, last = pack_observed(x)
         return _into(unpack(dense(packed, f, min_periods), last), out)
     raw = f.mode == "zeros" and not f.normalize
-    mass = prestart_mass(f.taps, f.dilation, x.shape[-1]) if f.mode == "zeros" else None
+    mass = None if f.prestart is None else f.prestart[:, : x.shape[-1]]
     fast = not (torch.is_grad_enabled() and (x.requires_grad or f.taps.requires_grad))
     if fast and not (raw or min_periods > 1):
         # The common case, in place (each pass over (N, C, T) costs about as much as a
