@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from http_client import read_response
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,21 +87,6 @@ def request_bytes(port: int, path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    close = False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"connection" and value.strip().lower() == b"close":
-            close = True
-    return status, await reader.readexactly(length), close
-
-
 async def drive(
     port: int,
     payload: bytes,
@@ -123,7 +109,7 @@ async def drive(
                 started = time.perf_counter()
                 writer.write(payload)
                 await writer.drain()
-                status, body, close = await read_response(reader)
+                status, close, body = await read_response(reader, keep=True)
                 cell.latencies.append(time.perf_counter() - started)
                 if status == 200:
                     cell.requests += 1

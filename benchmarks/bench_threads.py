@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_service import HOST, Cell, body_for, check_answer, request_bytes, server
+from http_client import read_response
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,34 +188,6 @@ class ServiceRow:
         return self.batch_values / self.batches if self.batches else float("nan")
 
 
-async def read_response(reader: asyncio.StreamReader, keep: bool) -> tuple[int, bytes, bool]:
-    """Status, body (only when ``keep``) and whether the server closes; large results
-    come with chunked transfer encoding (app/api/responses.py)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length, chunked, close = 0, False, False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value
-        elif name == b"connection":
-            close = value == b"close"
-    if not chunked:
-        body = await reader.readexactly(length)
-        return status, body if keep else b"", close
-    parts = []
-    while size := int((await reader.readline()).split(b";")[0], 16):
-        part = await reader.readexactly(size + 2)  # the chunk and its CRLF
-        if keep:
-            parts.append(part[:-2])
-    while (await reader.readline()) not in (b"\r\n", b""):  # trailers
-        pass
-    return status, b"".join(parts), close
-
-
 async def drive(
     port: int, payload: bytes, concurrency: int, duration: float, row: ServiceRow, timeout: float
 ) -> None:
@@ -229,7 +202,7 @@ async def drive(
                 started = time.perf_counter()
                 writer.write(payload)
                 await writer.drain()
-                status, body, close = await read_response(reader, keep=cell.first_body is None)
+                status, close, body = await read_response(reader, keep=cell.first_body is None)
                 row.statuses[status] += 1
                 if status == 200:
                     cell.latencies.append(time.perf_counter() - started)
