@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -95,22 +96,33 @@ async def drive(
     max_requests: int,
     cell: Cell,
     cell_timeout: float,
+    *,
+    statuses: Counter[int] | None = None,
+    ok_latencies_only: bool = False,
 ) -> None:
-    """Closed-loop load: ``concurrency`` connections, each one request at a time."""
+    """Closed-loop load: ``concurrency`` keep-alive connections, each one request at a time.
+
+    ``statuses`` counts every answer by status; ``ok_latencies_only`` records the latency
+    of 200s alone (bench_threads), else of every answer.
+    """
     sent = 0
     deadline = time.perf_counter() + duration
 
     async def connection() -> None:
         nonlocal sent
-        reader, writer = await asyncio.open_connection(HOST, port)
+        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
         try:
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
                 started = time.perf_counter()
                 writer.write(payload)
                 await writer.drain()
-                status, close, body = await read_response(reader, keep=True)
-                cell.latencies.append(time.perf_counter() - started)
+                # Only the first body is kept (it is checked); the others are read and dropped.
+                status, close, body = await read_response(reader, keep=cell.first_body is None)
+                if statuses is not None:
+                    statuses[status] += 1
+                if status == 200 or not ok_latencies_only:
+                    cell.latencies.append(time.perf_counter() - started)
                 if status == 200:
                     cell.requests += 1
                     cell.first_body = cell.first_body or body
@@ -118,7 +130,7 @@ async def drive(
                     cell.errors += 1
                 if close:
                     writer.close()
-                    reader, writer = await asyncio.open_connection(HOST, port)
+                    reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
         finally:
             writer.close()
 
@@ -136,16 +148,20 @@ async def drive(
     cell.seconds += time.perf_counter() - started
 
 
-def scrape(port: int) -> dict[str, float]:
-    """Cumulative ``convewma_batch_series`` buckets, count and sum from /metrics."""
+def metrics_text(port: int) -> str:
+    """The server's /metrics page, over a fresh connection."""
     with socket.create_connection((HOST, port), timeout=10) as sock:
         sock.sendall(f"GET /metrics HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n".encode())
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
-    text = data.split(b"\r\n\r\n", 1)[1].decode()
+    return data.split(b"\r\n\r\n", 1)[1].decode()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Cumulative ``convewma_batch_series`` buckets, count and sum from /metrics."""
     samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(metrics_text(port)):
         if family.name == "convewma_batch_series":
             for sample in family.samples:
                 key = sample.name + (f"le={sample.labels['le']}" if "le" in sample.labels else "")

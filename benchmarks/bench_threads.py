@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -44,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_service import HOST, Cell, body_for, check_answer, request_bytes, server
-from http_client import read_response
+from bench_service import Cell, body_for, check_answer, metrics_text, request_bytes, server
+from bench_service import drive as load_loop
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,12 +154,7 @@ def forward_table(rows: list[ForwardRow]) -> str:
 
 def scrape(port: int) -> dict[str, float]:
     """The forward-time and batch-value sums and counts from /metrics."""
-    with socket.create_connection((HOST, port), timeout=10) as sock:
-        sock.sendall(f"GET /metrics HTTP/1.1\r\nhost: {HOST}\r\nconnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    text = data.split(b"\r\n\r\n", 1)[1].decode()
+    text = metrics_text(port)
     wanted = {
         f"{m}_{s}" for m in ("convewma_forward_seconds", "convewma_batch_values") for s in ("sum", "count")
     }
@@ -188,46 +182,22 @@ class ServiceRow:
         return self.batch_values / self.batches if self.batches else float("nan")
 
 
-async def drive(
+def drive(
     port: int, payload: bytes, concurrency: int, duration: float, row: ServiceRow, timeout: float
 ) -> None:
-    """Closed-loop load: ``concurrency`` keep-alive connections, one request at a time each."""
-    cell = row.cell
-    deadline = time.perf_counter() + duration
-
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
-        try:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                writer.write(payload)
-                await writer.drain()
-                status, close, body = await read_response(reader, keep=cell.first_body is None)
-                row.statuses[status] += 1
-                if status == 200:
-                    cell.latencies.append(time.perf_counter() - started)
-                    cell.requests += 1
-                    cell.first_body = cell.first_body or body
-                else:
-                    cell.errors += 1
-                if close:
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    tasks = [asyncio.create_task(connection()) for _ in range(concurrency)]
-    done, pending = await asyncio.wait(tasks, timeout=duration + timeout)
-    for task in pending:
-        task.cancel()
-    for task in done:
-        if task.exception() is not None:
-            cell.errors += 1
-            cell.note = f"client error: {task.exception()!r}"
-    if pending:
-        cell.note = f"{len(pending)} connection(s) cut after {timeout:.0f} s"
-    cell.seconds += time.perf_counter() - started
+    """bench_service's closed loop, counting statuses and the latency of 200s alone."""
+    load = load_loop(
+        port,
+        payload,
+        concurrency,
+        duration,
+        sys.maxsize,
+        row.cell,
+        timeout,
+        statuses=row.statuses,
+        ok_latencies_only=True,
+    )
+    asyncio.run(load)
 
 
 def bench_service(args: argparse.Namespace) -> list[ServiceRow]:
@@ -246,7 +216,7 @@ def bench_service(args: argparse.Namespace) -> list[ServiceRow]:
             payloads = {k: request_bytes(ports[k], "/smooth", body) for k in THREADS}
             for k in THREADS:  # warm-up: lazy imports, allocations, the OpenMP team
                 warm_up = ServiceRow(Cell("warm-up", shape, 2), k)
-                asyncio.run(drive(ports[k], payloads[k], 2, 0.5, warm_up, args.cell_timeout))
+                drive(ports[k], payloads[k], 2, 0.5, warm_up, args.cell_timeout)
             cells = {k: ServiceRow(Cell(f"threads={k}", shape, args.concurrency), k) for k in THREADS}
             for round_ in range(args.rounds):
                 # Alternate which setting goes first, so neither always follows the other.
@@ -254,15 +224,13 @@ def bench_service(args: argparse.Namespace) -> list[ServiceRow]:
                     row = cells[k]
                     before = scrape(ports[k])
                     first = len(row.cell.latencies)
-                    asyncio.run(
-                        drive(
-                            ports[k],
-                            payloads[k],
-                            args.concurrency,
-                            args.duration / args.rounds,
-                            row,
-                            args.cell_timeout,
-                        )
+                    drive(
+                        ports[k],
+                        payloads[k],
+                        args.concurrency,
+                        args.duration / args.rounds,
+                        row,
+                        args.cell_timeout,
                     )
                     after = scrape(ports[k])
                     row.forward_s += (
