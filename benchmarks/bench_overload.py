@@ -845,16 +845,22 @@ def sweep_case(args: argparse.Namespace, rows: int, length: int, body: bytes) ->
     return result
 
 
+def start_case(
+    server: Server, body: bytes, result: dict[str, Any], idle_timeout: float
+) -> tuple[bytes, dict[str, float] | None, float, float]:
+    """Once the server is idle: its idle RSS into ``result`` and its high-water mark reset;
+    then the request head, the status counts so far, the client's CPU and the start time."""
+    run_async(wait_idle(server, time.monotonic(), idle_timeout))
+    result["rss_idle_before"] = server.monitor.rss_now()
+    server.monitor.reset_hwm()
+    return request_head(server.port, len(body)), scrape(server.port), own_cpu(), time.monotonic()
+
+
 def max_case(args: argparse.Namespace, rows: int, length: int, body: bytes) -> dict[str, Any]:
     result: dict[str, Any] = {"clients": args.max_clients, "body_bytes": len(body), "windows": []}
     with Server(args, "max") as server:
         monitor = server.monitor
-        head = request_head(server.port, len(body))
-        run_async(wait_idle(server, time.monotonic(), args.idle_timeout))
-        result["rss_idle_before"] = monitor.rss_now()
-        monitor.reset_hwm()
-        before = scrape(server.port)
-        client0, started = own_cpu(), time.monotonic()
+        head, before, client0, started = start_case(server, body, result, args.idle_timeout)
 
         async def all_clients() -> list[tuple[Outcome, bytes]]:
             pools = [Pool(server.port) for _ in range(args.max_clients)]
@@ -921,12 +927,7 @@ def abandon_case(args: argparse.Namespace, rows: int, length: int, body: bytes) 
     result: dict[str, Any] = {"clients": args.abandon_clients, "body_bytes": len(body), "windows": []}
     with Server(args, "abandon") as server:
         monitor = server.monitor
-        head = request_head(server.port, len(body))
-        run_async(wait_idle(server, time.monotonic(), args.idle_timeout))
-        result["rss_idle_before"] = monitor.rss_now()
-        monitor.reset_hwm()
-        before = scrape(server.port)
-        client0, started = own_cpu(), time.monotonic()
+        head, before, client0, started = start_case(server, body, result, args.idle_timeout)
 
         async def all_clients() -> list[tuple[str, float]]:
             return await asyncio.gather(
