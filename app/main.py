@@ -74,7 +74,6 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
     drain = drain or DrainState()
     metrics = ServiceMetrics()
 
-    @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         service = SmoothingService(settings, metrics)  # loads and validates the weights
@@ -92,7 +91,8 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
         title="convewma-service",
         version=__version__,
         description="Exponential smoothing with learned per-channel alphas, micro-batched.",
-        lifespan=lifespan,
+        # Wrapped by call, not decorated: mutmut leaves decorated functions alone.
+        lifespan=asynccontextmanager(lifespan),
         swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
     )
     app.state.settings = settings

@@ -1,14 +1,18 @@
-"""Helpers for tests that run real server processes on 127.0.0.1."""
+"""Helpers for tests that run real servers on 127.0.0.1: ``convewma serve`` processes, or
+the same uvicorn configuration in a thread of the test process (what a mutation tool can see)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +49,55 @@ def start_replica(port: int, log: Path, **env: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             serve_command(port), stdout=output, stderr=subprocess.STDOUT, env={**os.environ, **env}
         )
+
+
+SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "convewma")
+
+
+class TracebackRecords(logging.Handler):
+    """Keeps the log records that carry a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
+
+
+@contextlib.contextmanager
+def thread_server(**settings: Any) -> Iterator[tuple[str, int]]:
+    """``convewma serve``'s uvicorn configuration (``server_config``: the app, the guarded
+    protocol, the timeouts) serving in a thread on a free port; its address. Fails if the
+    server logged a traceback. The loggers uvicorn configures are put back afterwards, so
+    later tests in this process (``caplog``) see them as before."""
+    import uvicorn
+
+    from app.cli.serve import server_config
+    from app.serving.settings import Settings
+
+    saved = {name: logging.getLogger(name).__dict__.copy() for name in SERVER_LOGGERS}
+    port = free_port()
+    config = server_config(Settings(host="127.0.0.1", port=port, device="cpu", **settings))
+    tracebacks = TracebackRecords()
+    for name in SERVER_LOGGERS:
+        logging.getLogger(name).addHandler(tracebacks)
+    server = uvicorn.Server(config)  # not in the main thread: installs no signal handlers
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        for name, state in saved.items():
+            logger = logging.getLogger(name)
+            logger.__dict__.clear()
+            logger.__dict__.update(state)
+    assert not thread.is_alive(), "the server thread did not stop"
+    assert not tracebacks.records, [tracebacks.format(r) for r in tracebacks.records]
 
 
 def wait_ready(

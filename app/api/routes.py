@@ -22,7 +22,6 @@ from app.serving.intake import BodyLimits, Deadline, content_coding, read_body, 
 from app.serving.results import SmoothResult
 from app.serving.service import SmoothingService
 
-router = APIRouter()
 JSON = "application/json"
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)
@@ -53,18 +52,6 @@ def declared_length(request: Request) -> int | None:
     return int(declared)
 
 
-@router.post(
-    "/smooth",
-    response_model=SmoothResponse,
-    responses={200: SMOOTH_OK, **ERRORS},
-    openapi_extra=smooth_request_body(SmoothRequest.model_json_schema()),
-    summary="Smooth series with the model's channels",
-    description="Missing values are null, in the request and in the answer. A long series can be "
-    "sent in chunks: send each with the history the previous answer returned. The body may be "
-    "sent compressed (`Content-Encoding: gzip` or `deflate`); the size limit applies to its "
-    "decompressed bytes.",
-    operation_id="smooth",
-)
 async def smooth(request: Request) -> Response:
     service = service_of(request)
     settings = service.settings
@@ -103,9 +90,6 @@ async def parse_and_smooth(
     return await service.smooth(job, reservation, deadline)
 
 
-@router.get(
-    "/alphas", response_model=AlphasResponse, summary="Smoothing factors in use", operation_id="alphas"
-)
 async def alphas(request: Request) -> Response:
     service = service_of(request)
     return json_response(
@@ -123,20 +107,10 @@ async def alphas(request: Request) -> Response:
     )
 
 
-# Probes and scrapes also answer HEAD, as GET without the body.
-@router.get("/healthz", summary="Liveness", operation_id="healthz")
-@router.head("/healthz", include_in_schema=False)
 async def healthz(request: Request) -> Response:
     return headers_only(request, json_response({"status": "ok"}))
 
 
-@router.get(
-    "/readyz",
-    summary="Readiness: 200 once the model is loaded and warm",
-    responses=UNAVAILABLE,
-    operation_id="readyz",
-)
-@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
     return headers_only(request, readiness(request))
 
@@ -150,10 +124,6 @@ def readiness(request: Request) -> Response:
     return json_response({"status": "ready", "model_version": service.model_version})
 
 
-@router.get(
-    "/metrics", summary="Prometheus metrics", response_class=PlainTextResponse, operation_id="metrics"
-)
-@router.head("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     service: SmoothingService | None = getattr(request.app.state, "service", None)
     registry = request.app.state.metrics
@@ -164,3 +134,50 @@ async def metrics(request: Request) -> Response:
         registry.inflight_bytes.set(service.budget.used)
         registry.in_progress.set(service.in_progress)
     return headers_only(request, Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST))
+
+
+# Registered by call rather than by decorator, so that the handlers stay plain functions that a
+# mutation tool can rewrite (mutmut leaves decorated functions alone; tests/README.md).
+router = APIRouter()
+router.add_api_route(
+    "/smooth",
+    smooth,
+    methods=["POST"],
+    response_model=SmoothResponse,
+    responses={200: SMOOTH_OK, **ERRORS},
+    openapi_extra=smooth_request_body(SmoothRequest.model_json_schema()),
+    summary="Smooth series with the model's channels",
+    description="Missing values are null, in the request and in the answer. A long series can be "
+    "sent in chunks: send each with the history the previous answer returned. The body may be "
+    "sent compressed (`Content-Encoding: gzip` or `deflate`); the size limit applies to its "
+    "decompressed bytes.",
+    operation_id="smooth",
+)
+router.add_api_route(
+    "/alphas",
+    alphas,
+    methods=["GET"],
+    response_model=AlphasResponse,
+    summary="Smoothing factors in use",
+    operation_id="alphas",
+)
+router.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness", operation_id="healthz")
+router.add_api_route(
+    "/readyz",
+    readyz,
+    methods=["GET"],
+    summary="Readiness: 200 once the model is loaded and warm",
+    responses=UNAVAILABLE,
+    operation_id="readyz",
+)
+router.add_api_route(
+    "/metrics",
+    metrics,
+    methods=["GET"],
+    summary="Prometheus metrics",
+    response_class=PlainTextResponse,
+    operation_id="metrics",
+)
+# Probes and scrapes also answer HEAD, as GET without the body.
+for path, endpoint in (("/healthz", healthz), ("/readyz", readyz), ("/metrics", metrics)):
+    router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)

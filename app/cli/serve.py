@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -11,6 +12,11 @@ from rich.console import Console
 from app.cli.common import CliError, HelpFormatter
 from app.core.paths import DEFAULT_WEIGHTS
 from app.core.weights import load_weights
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from app.serving.settings import Settings
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,14 +78,11 @@ def check_device(name: str) -> None:
 def run(args: argparse.Namespace, console: Console) -> None:
     """``convewma serve``: one process, its batches drained on SIGTERM."""
     import logging
-    import math
 
-    import uvicorn
     from pydantic import ValidationError
 
-    from app.main import create_app
     from app.serving.drain import ExitZeroServer
-    from app.serving.protocol import http_protocol, raise_open_files_limit
+    from app.serving.protocol import raise_open_files_limit
     from app.serving.settings import Settings
 
     overrides = {
@@ -101,9 +104,32 @@ def run(args: argparse.Namespace, console: Console) -> None:
         ) from None
     check_device(settings.device)  # a missing GPU: one line, exit 2 (not a traceback, exit 3)
     load_weights(settings.weights)  # fail fast, in one line, before uvicorn starts
+    config = server_config(settings)
+    # Each connection is a file descriptor; refused ones, briefly, too.
+    open_files = raise_open_files_limit()
+    log = logging.getLogger("convewma")
+    log.info("open files limit %s, max_connections %d", open_files, settings.max_connections)
+    if open_files is not None and open_files < 2 * settings.max_connections + 64:
+        log.warning(
+            "open files limit %d is low for max_connections %d: raise `ulimit -n` or lower it",
+            open_files,
+            settings.max_connections,
+        )
+    ExitZeroServer(config).run()  # a drained, graceful stop exits 0
+
+
+def server_config(settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration ``convewma serve`` runs (tests run it in a thread too)."""
+    import math
+
+    import uvicorn
+
+    from app.main import create_app
+    from app.serving.protocol import http_protocol
+
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["convewma"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    config = uvicorn.Config(
+    return uvicorn.Config(
         create_app(settings),  # its lifespan drains on SIGTERM (app/serving/drain.py)
         host=settings.host,
         port=settings.port,
@@ -116,14 +142,3 @@ def run(args: argparse.Namespace, console: Console) -> None:
         # The protocol uses idle_timeout_s as is; uvicorn's option is whole seconds.
         timeout_keep_alive=max(1, math.ceil(settings.idle_timeout_s)),
     )
-    # Each connection is a file descriptor; refused ones, briefly, too.
-    open_files = raise_open_files_limit()
-    log = logging.getLogger("convewma")
-    log.info("open files limit %s, max_connections %d", open_files, settings.max_connections)
-    if open_files is not None and open_files < 2 * settings.max_connections + 64:
-        log.warning(
-            "open files limit %d is low for max_connections %d: raise `ulimit -n` or lower it",
-            open_files,
-            settings.max_connections,
-        )
-    ExitZeroServer(config).run()  # a drained, graceful stop exits 0

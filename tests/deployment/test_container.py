@@ -28,7 +28,8 @@ from app.core.weights import load_weights
 from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 from tests.servers import burst_around, free_port, wait_ready
 
-pytestmark = pytest.mark.deployment
+# One worker runs them all: they share an apt install, the podman set-up and one image build.
+pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
 ROOT = Path(__file__).resolve().parents[2]
 PREPARE = ROOT.parent / "shared" / "container" / "prepare-podman.sh"
 IMAGE = "localhost/convewma:test"

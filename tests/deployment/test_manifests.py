@@ -27,7 +27,8 @@ from app.core.weights import load_weights
 from app.serving.budget import peak_bytes
 from app.serving.settings import Settings
 
-pytestmark = pytest.mark.deployment
+# One worker runs them all: they share an apt install, the podman set-up and one image build.
+pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "docker" / "k8s"
 # The oldest Kubernetes the manifests support (autoscaling/v2 and policy/v1 are GA since

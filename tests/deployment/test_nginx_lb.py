@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 from tests.servers import free_port, start_replica, stop, wait_ready
 
-pytestmark = pytest.mark.deployment
+# One worker runs them all: they share an apt install, the podman set-up and one image build.
+pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("deployment")]
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONF = ROOT / "docker" / "nginx" / "convewma.conf"
 SHIPPED_FILE = read_weights_file(SHIPPED_WEIGHTS)  # read without app/

@@ -1,4 +1,4 @@
-"""Connection guards (app/serving/protocol.py) against a real ``convewma serve``, with raw sockets."""
+"""Connection guards (app/serving/protocol.py) on `convewma serve`'s uvicorn server, with raw sockets."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import select
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.servers import free_port, start_replica, stop, wait_ready
+from tests.servers import thread_server
 
 IDLE_S = 2.0
 HEADER_S = 1.0
@@ -25,24 +24,17 @@ GET = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
-def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    log: Path = tmp_path_factory.mktemp("connections") / "server.log"
-    process = start_replica(
-        port,
-        log,
-        CONVEWMA_IDLE_TIMEOUT_S=str(IDLE_S),
-        CONVEWMA_HEADER_TIMEOUT_S=str(HEADER_S),
-        CONVEWMA_MAX_CONNECTIONS=str(MAX_CONNECTIONS),
-        CONVEWMA_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
-    )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", process)
-        yield "127.0.0.1", port
-    finally:
-        stop(process)
-    logged = log.read_text()
-    assert "Traceback" not in logged, logged
+def address() -> Iterator[tuple[str, int]]:
+    # `convewma serve`'s own uvicorn configuration, in a thread of this process: the same
+    # sockets and protocol as the process tests/integration/test_server.py starts, and the
+    # protocol's code runs where a mutation tool records it (tests/README.md).
+    with thread_server(
+        idle_timeout_s=IDLE_S,
+        header_timeout_s=HEADER_S,
+        max_connections=MAX_CONNECTIONS,
+        max_header_bytes=MAX_HEADER_BYTES,
+    ) as address:
+        yield address
 
 
 @contextlib.contextmanager
