@@ -3,7 +3,8 @@
     python -m tests.mutation_report            # print the table
     python -m tests.mutation_report --write    # and put it into tests/README.md
 
-A mutant counts as caught when a test failed on it or it hung past mutmut's timeout. The
+A mutant counts as caught when a test failed on it or it hung past mutmut's timeout; the
+score is caught / (checked - equivalent), and a module with unchecked mutants is marked. The
 mutants listed in ``tests/equivalent_mutants.toml`` cannot change behaviour (each with its
 reason); they are left out of the score and shown in their own column. "no tests" means no
 in-process test reached the function: it counts as a survivor.
@@ -59,8 +60,8 @@ def table(results: dict[str, str], equivalent: dict[str, str]) -> tuple[list[str
         module = name.rpartition(".")[0]
         by_module[module]["equivalent" if name in equivalent else status] += 1
     rows = [
-        "| module | mutants | caught | survived | no tests | equivalent | score |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | caught | survived | no tests | equivalent | not checked | score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     below = []
     totals: Counter[str] = Counter()
@@ -78,15 +79,19 @@ def table(results: dict[str, str], equivalent: dict[str, str]) -> tuple[list[str
 def row_of(label: str, counts: Counter[str]) -> tuple[str, float]:
     total = sum(counts.values())
     caught = sum(counts[s] for s in CAUGHT)
-    scored = total - counts["equivalent"]
-    score = caught / scored if scored else 1.0
-    other = total - caught - counts["survived"] - counts["no tests"] - counts["equivalent"]
-    survived = counts["survived"] + other  # suspicious or not checked: not caught either
+    unchecked = counts["not checked"]
+    scored = total - counts["equivalent"] - unchecked
+    score = caught / scored if scored else 0.0
+    other = total - caught - counts["survived"] - counts["no tests"] - counts["equivalent"] - unchecked
+    survived = counts["survived"] + other  # suspicious or segfault: not caught either
+    shown = f"{score:.1%}" if scored else "-"
+    if unchecked:
+        shown += " (so far)"
     row = (
         f"| {label} | {total} | {caught} | {survived} | {counts['no tests']} | "
-        f"{counts['equivalent']} | {score:.1%} |"
+        f"{counts['equivalent']} | {unchecked} | {shown} |"
     )
-    return row, score
+    return row, score if not unchecked else 0.0
 
 
 def main() -> int:

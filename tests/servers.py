@@ -67,35 +67,44 @@ class TracebackRecords(logging.Handler):
 
 
 @contextlib.contextmanager
+def kept_loggers() -> Iterator[None]:
+    """Puts back the loggers a uvicorn configuration sets up (``convewma`` stops propagating),
+    so later tests in this process (``caplog``) see them as before."""
+    saved = {name: logging.getLogger(name).__dict__.copy() for name in SERVER_LOGGERS}
+    try:
+        yield
+    finally:
+        for name, state in saved.items():
+            logger = logging.getLogger(name)
+            logger.__dict__.clear()
+            logger.__dict__.update(state)
+
+
+@contextlib.contextmanager
 def thread_server(**settings: Any) -> Iterator[tuple[str, int]]:
     """``convewma serve``'s uvicorn configuration (``server_config``: the app, the guarded
     protocol, the timeouts) serving in a thread on a free port; its address. Fails if the
-    server logged a traceback. The loggers uvicorn configures are put back afterwards, so
-    later tests in this process (``caplog``) see them as before."""
+    server logged a traceback."""
     import uvicorn
 
     from app.cli.serve import server_config
     from app.serving.settings import Settings
 
-    saved = {name: logging.getLogger(name).__dict__.copy() for name in SERVER_LOGGERS}
-    port = free_port()
-    config = server_config(Settings(host="127.0.0.1", port=port, device="cpu", **settings))
-    tracebacks = TracebackRecords()
-    for name in SERVER_LOGGERS:
-        logging.getLogger(name).addHandler(tracebacks)
-    server = uvicorn.Server(config)  # not in the main thread: installs no signal handlers
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        wait_ready(f"http://127.0.0.1:{port}")
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        for name, state in saved.items():
-            logger = logging.getLogger(name)
-            logger.__dict__.clear()
-            logger.__dict__.update(state)
+    with kept_loggers():
+        port = free_port()
+        config = server_config(Settings(host="127.0.0.1", port=port, device="cpu", **settings))
+        tracebacks = TracebackRecords()
+        for name in SERVER_LOGGERS:
+            logging.getLogger(name).addHandler(tracebacks)
+        server = uvicorn.Server(config)  # not in the main thread: installs no signal handlers
+        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+        thread.start()
+        try:
+            wait_ready(f"http://127.0.0.1:{port}")
+            yield "127.0.0.1", port
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
     assert not thread.is_alive(), "the server thread did not stop"
     assert not tracebacks.records, [tracebacks.format(r) for r in tracebacks.records]
 
