@@ -118,7 +118,7 @@ def smooth_series(
             rows[0, channel] = x[j]
         paired = model(rows, args.warmup, **options)[0]  # (C, T')
     blocks = [paired[own[j] : own[j] + 1] if j in own else banked[bank.index(j)] for j in range(len(pairs))]
-    return torch.cat(blocks).t().to(torch.float64).numpy()
+    return torch.cat(blocks).t().numpy()  # in --dtype: _cells writes its Python floats
 
 
 def _cells(row: np.ndarray, dtype: str) -> list[str]:
