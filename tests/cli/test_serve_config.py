@@ -1,7 +1,7 @@
 """``convewma serve`` in this process: the device check on machines with and without CUDA,
 the refusals before uvicorn starts (one line, exit 2), the uvicorn configuration it runs
 (``server_config``) and the open-files warning. The blocking run itself is left to the
-subprocess tests (tests/cli/test_serve_command.py); here ``ExitZeroServer.run`` only
+subprocess tests (tests/integration/test_server.py); here ``ExitZeroServer.run`` only
 records the configuration it was given."""
 
 from __future__ import annotations

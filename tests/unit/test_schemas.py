@@ -5,7 +5,7 @@ import orjson
 import pytest
 
 from app.api.jsoncodec import parse_smooth_body as parse_smooth_request
-from app.api.schemas import RequestError, RequestLimits
+from app.api.schemas import RequestError, RequestLimits, excerpt
 
 LIMITS = RequestLimits(max_series=3, max_length=5)
 NAMES = ("fast", "mid", "slow")
@@ -100,3 +100,29 @@ def test_bad_requests_say_what_and_where(body, status, message):
         parse(body)
     assert info.value.status == status
     assert message in info.value.detail
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "shown"),
+    [
+        ("text", 40, "text"),  # a string as it is, not its repr
+        (5, 40, "5"),
+        ([1, "a"], 40, "[1, 'a']"),
+        ("x" * 40, 40, "x" * 40),  # exactly the limit: whole
+        ("x" * 41, 40, "x" * 37 + "..."),  # one past: cut to the limit, with the ellipsis
+        (list(range(100)), 12, "[0, 1, 2,..."),
+        ("abcdef", 5, "ab..."),
+    ],
+)
+def test_excerpt_cuts_to_the_limit(value, limit, shown):
+    assert excerpt(value, limit) == shown
+    assert len(excerpt(value, limit)) <= limit
+
+
+def test_excerpt_defaults_to_forty_characters():
+    assert excerpt("y" * 100) == "y" * 37 + "..."
+
+
+def test_request_error_carries_status_and_detail():
+    error = RequestError(413, "too big")
+    assert (error.status, error.detail, str(error), error.args) == (413, "too big", "too big", ("too big",))
