@@ -21,7 +21,7 @@ from rich.text import Text
 
 import app
 from app.cli import serve, smooth, train
-from app.cli.common import CliError, HelpFormatter
+from app.cli.common import CliError
 from app.core.weights import WeightsError
 from app.training.data import DataError
 
@@ -38,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convewma",
         description="ConvEWMA: learned exponential smoothing",
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (CliError, DataError, WeightsError, ValueError, OSError) as exc:
         with contextlib.suppress(OSError):
-            console.print(_one_line(args.command, exc), highlight=False)
+            console.print(_one_line(args.command, exc))  # a Text: neither markup nor highlighting
         return 2
     return 0
 

@@ -47,7 +47,6 @@ def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
         return value
 
-    parse.__name__ = "integer"  # argparse names the type in its own messages
     return parse
 
 

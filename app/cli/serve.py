@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from rich.console import Console
 
-from app.cli.common import CliError, HelpFormatter
+from app.cli.common import CliError
 from app.core.paths import DEFAULT_WEIGHTS
 from app.core.weights import load_weights
 
@@ -20,26 +20,17 @@ if TYPE_CHECKING:
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="start the HTTP service (settings: CONVEWMA_* variables)",
-        formatter_class=HelpFormatter,
-    )
-    serve.add_argument(
-        "--host", default=None, help="listen address (default: $CONVEWMA_HOST, else 127.0.0.1)"
-    )
-    serve.add_argument(
-        "--port", type=int, default=None, help="listen port (default: $CONVEWMA_PORT, else 8000)"
-    )
+    # Every option defaults to None (the setting's own source) and says so in its help.
+    serve = commands.add_parser("serve", help="start the HTTP service (settings: CONVEWMA_* variables)")
+    serve.add_argument("--host", help="listen address (default: $CONVEWMA_HOST, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: $CONVEWMA_PORT, else 8000)")
     serve.add_argument(
         "--weights",
-        default=None,
         metavar="FILE",
         help=f"safetensors model (default: $CONVEWMA_WEIGHTS, else {DEFAULT_WEIGHTS})",
     )
     serve.add_argument(
         "--device",
-        default=None,
         help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N (default: $CONVEWMA_DEVICE, else auto)",
     )
 

@@ -37,9 +37,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=HelpFormatter,
     )
     smooth.add_argument("--data", action="append", required=True, metavar="FILE", help=DATA_HELP)
-    smooth.add_argument(
-        "--index-col", default=None, metavar="NAME", help=INDEX_HELP + "; copied to the output"
-    )
+    smooth.add_argument("--index-col", metavar="NAME", help=INDEX_HELP + "; copied to the output")
     smooth.add_argument("--weights", default=str(DEFAULT_WEIGHTS), metavar="FILE", help="safetensors model")
     smooth.add_argument(
         "--pairing",
@@ -49,9 +47,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "column by every channel (written as column:channel); auto: each for the columns named "
         "like a channel, bank for the others",
     )
-    smooth.add_argument(
-        "--warmup", choices=WARMUP_MODES, default=None, help="warm-up mode (default: the model's own)"
-    )
+    smooth.add_argument("--warmup", choices=WARMUP_MODES, help="warm-up mode (default: the model's own)")
     smooth.add_argument(
         "--gaps",
         choices=GAP_MODES,
@@ -74,9 +70,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="float32",
         help="precision of the computation and of the written values (7 or 17 digits)",
     )
-    smooth.add_argument(
-        "--out", default=None, metavar="FILE", help="CSV to write, in an existing folder (default: stdout)"
-    )
+    smooth.add_argument("--out", metavar="FILE", help="CSV to write, in an existing folder (default: stdout)")
 
 
 def pair_columns(columns: tuple[str, ...], channels: tuple[str, ...], pairing: str) -> list[int | None]:
@@ -108,17 +102,19 @@ def smooth_series(
     x = torch.tensor(values, dtype=DTYPES[args.dtype])
     bank = [j for j, channel in enumerate(pairs) if channel is None]
     own = {j: channel for j, channel in enumerate(pairs) if channel is not None}
-    banked = model(x[bank], args.warmup, **options) if bank else x.new_empty(0)  # (B, C, T')
-    paired = x.new_empty(0)
+    blocks: dict[int, torch.Tensor] = {}  # column -> its output columns, (C or 1, T')
+    if bank:
+        banked = model(x[bank], args.warmup, **options)  # (B, C, T')
+        blocks.update((j, banked[i]) for i, j in enumerate(bank))
     if own:
         # Depth-wise: channel c of one input row is smoothed by alpha_c alone. The
         # channels no column asks for get zeros, which never take the gap-aware path.
-        rows = x.new_zeros(1, model.channels, x.shape[1])
+        rows = x.new_zeros(model.channels, x.shape[1])
         for j, channel in own.items():
-            rows[0, channel] = x[j]
-        paired = model(rows, args.warmup, **options)[0]  # (C, T')
-    blocks = [paired[own[j] : own[j] + 1] if j in own else banked[bank.index(j)] for j in range(len(pairs))]
-    return torch.cat(blocks).t().numpy()  # in --dtype: _cells writes its Python floats
+            rows[channel] = x[j]
+        paired = model(rows[None], args.warmup, **options)[0]  # (C, T')
+        blocks.update((j, paired[channel : channel + 1]) for j, channel in own.items())
+    return torch.cat([blocks[j] for j in range(len(pairs))]).t().numpy()  # in --dtype
 
 
 def _cells(row: np.ndarray, dtype: str) -> list[str]:
@@ -132,8 +128,9 @@ def _check_range(dataset: Dataset, dtype: str) -> None:
     if dtype != "float32":
         return
     for position, values in enumerate(dataset.series):
-        largest = float(np.nanmax(np.abs(values), initial=0.0))
-        if largest > FLOAT32_MAX:
+        magnitudes = np.abs(values)
+        if (magnitudes > FLOAT32_MAX).any():  # NaN (missing) compares False
+            largest = float(np.nanmax(magnitudes))
             raise CliError(
                 f"series {position}: {largest:g} is outside the float32 range; use --dtype float64"
             )
@@ -152,14 +149,12 @@ def run(args: argparse.Namespace, console: Console) -> None:
     _check_range(dataset, args.dtype)
     pairs = pair_columns(dataset.channels, card.channels, args.pairing)
     alphas = ", ".join(f"{n}={a:.4f}" for n, a in zip(card.channels, model.alphas.tolist(), strict=True))
-    own = [name for name, channel in zip(dataset.channels, pairs, strict=True) if channel is not None]
-    shared = [name for name, channel in zip(dataset.channels, pairs, strict=True) if channel is None]
-    how = [
-        f"{label}: {', '.join(names)}" for label, names in (("own channel", own), ("all channels", shared))
-    ]
+    own = [dataset.channels[j] for j, channel in enumerate(pairs) if channel is not None]
+    shared = [dataset.channels[j] for j, channel in enumerate(pairs) if channel is None]
+    groups = (("own channel", own), ("all channels", shared))
     console.print(
         f"model {loaded.path} (sha256 {loaded.sha256[:12]}), alphas: {alphas}; "
-        + "; ".join(h for h, names in zip(how, (own, shared), strict=True) if names),
+        + "; ".join(f"{label}: {', '.join(names)}" for label, names in groups if names),
         highlight=False,
     )
     header = output_header(dataset.channels, card.channels, pairs)

@@ -25,7 +25,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "train", help="fit one smoothing factor per channel of the data", formatter_class=HelpFormatter
     )
     train.add_argument("--data", action="append", required=True, metavar="FILE", help=DATA_HELP)
-    train.add_argument("--index-col", default=None, metavar="NAME", help=INDEX_HELP)
+    train.add_argument("--index-col", metavar="NAME", help=INDEX_HELP)
     train.add_argument(
         "--out", required=True, metavar="FILE", help="safetensors file to write, in an existing folder"
     )
@@ -68,8 +68,9 @@ def _created_at() -> str:
 
 def _summary(result: TrainResult, channels: tuple[str, ...], config: TrainConfig, title: str) -> Table:
     table = Table(title=title)
-    for name in ("channel", "alpha", "span", "halflife", "truncated mass", "one-step MSE", "forecasts"):
-        table.add_column(name, justify="left" if name == "channel" else "right")
+    table.add_column("channel")  # names to the left, numbers to the right
+    for name in ("alpha", "span", "halflife", "truncated mass", "one-step MSE", "forecasts"):
+        table.add_column(name, justify="right")
     rows = zip(channels, result.model.alphas.tolist(), result.channel_losses, result.forecasts, strict=True)
     for name, alpha, loss, forecasts in rows:
         # span and halflife count taps; with a dilation each tap is `dilation` steps.
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
         f"training on {dataset.description}, channels {list(dataset.channels)}{missing}", highlight=False
     )
     with Progress(
-        TextColumn("epoch"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"),
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
         console=console,
         transient=not console.is_terminal,
     ) as progress:
-        task = progress.add_task("train", total=config.epochs, loss="-")
+        task = progress.add_task("epoch", total=config.epochs, loss="-")
         result = fit(
             dataset, config, lambda epoch, loss: progress.update(task, advance=1, loss=f"{loss:.6g}")
         )

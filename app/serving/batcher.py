@@ -320,4 +320,5 @@ class MicroBatcher(Generic[K]):
         if one_piece and all(length == longest for length in lengths):
             return list(output)
         ends = [self._output_length(key, length) for length in lengths]
-        return [np.ascontiguousarray(output[i, :, :end]) for i, end in enumerate(ends)]
+        # .copy(), not ascontiguousarray: a full-length row is already contiguous and would stay a view.
+        return [output[i, :, :end].copy() for i, end in enumerate(ends)]

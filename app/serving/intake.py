@@ -93,7 +93,6 @@ class Inflater:
             if self.coding == "deflate" and len(data) < 2:
                 self._head = data
                 return
-            self._head = b""
             self._stream = zlib.decompressobj(self._wbits(data))
         # zlib copies the input it has not used yet after each step: fed in slices, a
         # large chunk costs no more than small ones.

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import re
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
 import app
@@ -26,7 +28,7 @@ from app.cli import _one_line, _quiet_stdout, build_parser, main
 from app.cli.common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path
 from app.cli.train import _created_at
 from app.core.paths import DEFAULT_WEIGHTS
-from tests.reference import REPO_ROOT, read_weights_file, smooth_reference
+from tests.reference import REPO_ROOT, pandas_equivalents, read_weights_file, smooth_reference
 
 # --- the parser and its help ------------------------------------------------------------
 
@@ -102,7 +104,7 @@ def test_every_option_is_printed_with_its_name_and_help(command, options, capsys
 def test_the_top_level_help_names_the_commands(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "1000")
     text = printed_help([], capsys)
-    assert "ConvEWMA: learned exponential smoothing" in text
+    assert " ConvEWMA: learned exponential smoothing positional arguments: " in text
     for command, help_text in TOP_LEVEL.items():
         assert f" {command} {help_text} " in text
 
@@ -337,13 +339,15 @@ def test_an_error_prints_its_prefix_in_bold_red_and_the_message_as_is(tmp_path, 
 
 
 def test_the_smooth_summary_is_not_highlighted(tmp_path, capsys, colour):
+    """Numbers and paths as they are, and a column name that looks like rich markup too."""
     data = tmp_path / "d.csv"
-    data.write_text("x\n1\n")
-    weights = model_file(tmp_path / "w.safetensors")
+    data.write_text("[bold]x[/bold]\n1\n")
+    weights = model_file(tmp_path / "[bold]w.safetensors")  # no markup read from a name
     assert main(["smooth", "--data", str(data), "--weights", str(weights), "--out", str(tmp_path / "o")]) == 0
     (line,) = capsys.readouterr().err.splitlines()
     assert "\x1b" not in line
     assert line.startswith(f"model {weights} (sha256 ")
+    assert line.endswith("; all channels: [bold]x[/bold]")
 
 
 def test_an_error_when_stderr_is_closed_still_exits_2(tmp_path, monkeypatch):
@@ -505,3 +509,130 @@ def test_a_file_without_an_index_beside_one_with_it_gets_empty_labels(tmp_path):
     rows = list(csv.reader(out.read_text().splitlines()))
     assert [row[:2] for row in rows] == [["time", "series"], ["2024-01-01", "0"], ["", "1"], ["", "1"]]
     assert rows[2][2] == "5"  # adjust: the first output is the first value
+
+
+# --- train: the table, the warnings, the progress bar -----------------------------------
+
+STEPS = 40
+TRAINING_ON = (
+    "training on levels.csv (1 series, 40 steps), channels ['walk', 'noise'], "
+    "1 missing values left out of the loss"
+)
+TABLE = ("channel", "alpha", "span", "halflife", "truncated mass", "one-step MSE", "forecasts")
+
+
+@pytest.fixture
+def levels(tmp_path) -> tuple[Path, np.ndarray]:
+    """``walk`` wanders (a large alpha), ``noise`` is noise about a level (a tiny alpha, so
+    its kernel is truncated); ``t`` is a numeric index that only ``--index-col`` makes one."""
+    rng = np.random.default_rng(3)
+    walk = np.cumsum(rng.normal(size=STEPS)) + 0.1 * rng.normal(size=STEPS)
+    noise = 5.0 + rng.normal(size=STEPS)
+    values = np.stack([walk, noise]).round(4)
+    values[0, 9] = np.nan
+    rows = ["t,walk,noise"] + [
+        f"{100 + step},{'' if np.isnan(a) else repr(float(a))},{float(b)!r}"
+        for step, (a, b) in enumerate(values.T)
+    ]
+    path = tmp_path / "levels.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path, values
+
+
+def one_step_mse(x: np.ndarray, alpha: float, kernel_size: int, dilation: int) -> tuple[float, int]:
+    """Training's score: x[t] forecast by the adjusted smoothing up to t - 1, where both are present."""
+    forecast = smooth_reference(x, alpha, kernel_size, "adjust", dilation=dilation)[:-1]
+    scored = ~(np.isnan(forecast) | np.isnan(x[1:]))
+    return float(np.mean((forecast - x[1:])[scored] ** 2)), int(scored.sum())
+
+
+def expected_advice(alpha: float, kernel_size: int, dilation: int) -> str | None:
+    """The warning's text: more than 1% of the mass past K taps, and the taps (or, past 32,
+    the dilation at 32 taps) that would hold 99% of it."""
+    dropped = (1.0 - alpha) ** kernel_size
+    if dropped <= 0.01:
+        return None
+    taps = int(np.ceil(np.log(0.01) / np.log1p(-alpha)))
+    fix = (
+        f"--kernel-size {taps}" if taps <= 32 else f"--kernel-size 32 --dilation {dilation * -(-taps // 32)}"
+    )
+    mass = f"the {kernel_size} taps drop {dropped:.1%} of the kernel's mass"
+    return f"alpha {alpha:.4f}: {mass}; retrain with {fix}"
+
+
+def train(levels: tuple[Path, np.ndarray], out: Path, dilation: int) -> int:
+    argv = ["train", "--data", str(levels[0]), "--out", str(out), "--index-col", "t", "--kernel-size", "4"]
+    return main([*argv, "--dilation", str(dilation), "--epochs", "40", "--lr", "0.2"])
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_train_prints_the_table_and_warnings_the_reference_expects(
+    tmp_path, capsys, monkeypatch, levels, dilation
+):
+    monkeypatch.setenv("COLUMNS", "200")  # rich's width when stderr is not a terminal
+    out = tmp_path / "w.safetensors"
+    assert train(levels, out, dilation) == 0
+    lines = capsys.readouterr().err.splitlines()
+    # No progress bar is left behind when stderr is not a terminal (a log, a pipe).
+    assert lines[0] == TRAINING_ON
+    assert not [line for line in lines if "epoch" in line]
+    title = next(i for i, line in enumerate(lines) if line.strip() == f"ConvEWMA weights written to {out}")
+    header = [cell.strip() for cell in lines[title + 2].split("┃")[1:-1]]
+    assert tuple(header) == TABLE
+    alphas = read_weights_file(out).alphas
+    losses = []
+    rows = lines[title + 4 : title + 6]
+    for name, x, alpha, line in zip(("walk", "noise"), levels[1], alphas, rows, strict=True):
+        same = pandas_equivalents(float(alpha), 4)
+        loss, forecasts = one_step_mse(x, float(alpha), 4, dilation)
+        losses.append(loss)
+        cells = line.split("│")[1:-1]
+        # The channel is left-aligned, the numbers right-aligned, in columns wider than them.
+        assert cells[0] == f" {name}".ljust(len(cells[0]))
+        assert all(cell == cell.strip().rjust(len(cell) - 1) + " " for cell in cells[1:])
+        shown = [cell.strip() for cell in cells]
+        assert shown[0] == name
+        expected = [f"{alpha:.6f}", f"{same['span']:.4g}", f"{same['halflife']:.4g}"]
+        assert shown[1:5] == [*expected, f"{same['truncated_mass']:.2e}"]
+        assert float(shown[5]) == pytest.approx(loss, rel=1e-5)  # 6 digits, computed apart
+        assert shown[5] == f"{float(shown[5]):.6g}"
+        assert shown[6] == str(forecasts)
+    assert lines[title + 6].startswith("└")
+    warnings = [
+        f"warning: channel {name!r}: {advice}"
+        for name, alpha in zip(("walk", "noise"), alphas, strict=True)
+        if (advice := expected_advice(float(alpha), 4, dilation)) is not None
+    ]
+    assert lines[title + 7 :] == warnings
+    assert any("--dilation" in warning for warning in warnings)  # noise's alpha needs more than 32 taps
+    with safe_open(str(out), framework="numpy") as handle:
+        metadata = handle.metadata()
+    assert float(metadata["final_loss"]) == pytest.approx(np.mean(losses), rel=1e-6)
+    assert json.loads(metadata["channels"]) == ["walk", "noise"]
+
+
+def test_train_without_missing_values_says_nothing_of_them(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("x\n1\n2.5\n2\n3.5\n")
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "w"), "--epochs", "1"]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == "training on d.csv (1 series, 4 steps), channels ['x']"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_train_on_a_terminal_shows_its_progress_and_styles_only_the_warning(tmp_path, capsys, levels, colour):
+    assert train(levels, tmp_path / "w.safetensors", 3) == 0
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    # Printed as is: no highlighting of the numbers, the list or the file name.
+    assert lines[0] == TRAINING_ON
+    frames = [ANSI.sub("", line) for line in lines if "epoch" in line]
+    bar = "━" * 40
+    assert re.fullmatch(rf"epoch {bar}  0/40 loss - 0:00:\d\d", frames[0])
+    last = re.fullmatch(rf"epoch {bar} 40/40 loss (\S+) 0:00:\d\d", frames[-1])
+    assert last is not None, frames[-1]
+    assert last[1] == f"{float(last[1]):.6g}"
+    warned = [line for line in lines if "warning:" in line]
+    assert warned
+    assert all(line.startswith("\x1b[1;33mwarning:\x1b[0m channel ") for line in warned)

@@ -99,8 +99,12 @@ def loggers() -> Iterator[None]:
     ("request_timeout_s", "idle_timeout_s", "graceful", "keep_alive"),
     [(30.0, 10.0, 35, 10), (2.9, 0.2, 7, 1), (0.5, 2.5, 5, 3), (100.0, 1.0, 105, 1)],
 )
-def test_server_config_is_what_serve_runs(loggers, request_timeout_s, idle_timeout_s, graceful, keep_alive):
+def test_server_config_is_what_serve_runs(
+    loggers, monkeypatch, request_timeout_s, idle_timeout_s, graceful, keep_alive
+):
     pristine = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    # uvicorn takes its worker count from here unless it is given one: serve runs one process.
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
     settings = Settings(
         host="127.0.0.3",
         port=8123,

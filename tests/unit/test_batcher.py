@@ -200,6 +200,9 @@ def test_a_poisoned_batch_fails_only_its_own_requests():
 
     first, poisoned, neighbour, later = run(scenario())
     assert isinstance(poisoned, BatchFailedError)
+    assert str(poisoned) == "batch failed: RuntimeError('poisoned')"
+    assert repr(poisoned.__cause__) == "RuntimeError('poisoned')"  # the forward's own error
+    assert neighbour is poisoned  # one error for the batch
     assert isinstance(neighbour, BatchFailedError)  # shared the poisoned batch
     assert not isinstance(first, BaseException)
     assert not isinstance(later, BaseException)  # the batcher kept running
@@ -229,15 +232,24 @@ def test_queue_limit_refuses_new_work():
         await batcher.start()
         running = asyncio.create_task(batcher.submit([np.ones(4, np.float32)], "zeros"))
         await asyncio.sleep(0.05)  # now in the forward, no longer queued
-        queued = asyncio.create_task(batcher.submit([np.ones(8, np.float32)], "zeros"))
+        assert batcher.queued_values == 0
+        queued = [asyncio.create_task(batcher.submit([np.ones(4, np.float32)], "zeros")) for _ in range(2)]
         await asyncio.sleep(0.01)
-        with pytest.raises(QueueFullError):
+        assert (batcher.queued_values, batcher.queued_pieces) == (8, 2)
+        with pytest.raises(QueueFullError, match=r"^8 values are queued; 3 more would exceed 10$"):
             await batcher.submit([np.ones(3, np.float32)], "zeros")
+        # Up to the limit itself is accepted.
+        last = asyncio.create_task(batcher.submit([np.ones(2, np.float32)], "zeros"))
+        await asyncio.sleep(0.01)
+        assert batcher.queued_values == 10
         gate.set()
-        await asyncio.gather(running, queued)
+        results = await asyncio.wait_for(asyncio.gather(running, *queued, last), 10)
         await batcher.stop()
+        assert batcher.queued_values == 0
+        return results
 
-    run(scenario())
+    results = run(scenario())
+    assert [result[0].shape for result in results] == [(2, 4), (2, 4), (2, 4), (2, 2)]
 
 
 def test_cancelled_requests_are_dropped_before_they_start():
@@ -256,8 +268,14 @@ def test_cancelled_requests_are_dropped_before_they_start():
         await asyncio.sleep(0.05)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(batcher.submit([np.ones(99, np.float32)], "zeros"), 0.05)
+        assert (batcher.queued_values, batcher.queued_pieces) == (99, 1)  # until the loop looks
         gate.set()
         await running
+        for _ in range(1000):  # bounded: the loop drops it once the forward has returned
+            if batcher.queued_pieces == 0:
+                break
+            await asyncio.sleep(0.001)
+        assert (batcher.queued_values, batcher.queued_pieces) == (0, 0)
         await batcher.stop()
 
     run(scenario())
@@ -272,7 +290,7 @@ def test_stop_drains_accepted_work_then_refuses_new():
         await asyncio.sleep(0)
         await batcher.stop()
         results = await asyncio.gather(*tasks)
-        with pytest.raises(BatcherClosedError):
+        with pytest.raises(BatcherClosedError, match=r"^the server is shutting down$"):
             await batcher.submit([np.ones(3, np.float32)], "zeros")
         return results
 
@@ -295,6 +313,31 @@ def test_max_wait_collects_a_fuller_batch():
 
     run(scenario())
     assert sizes == [2]
+
+
+@pytest.mark.parametrize(
+    ("limits", "lengths"),
+    [
+        (BatchLimits(max_wait_s=5.0, max_batch_size=2), [3, 3]),  # as many series as a batch takes
+        (BatchLimits(max_wait_s=5.0, max_batch_values=6), [6]),  # as many values as a batch takes
+    ],
+    ids=["series", "values"],
+)
+def test_a_full_batch_runs_without_waiting_for_more(limits, lengths):
+    sizes: list[int] = []
+
+    async def scenario():
+        batcher = MicroBatcher(model_forward, limits, on_batch=lambda s: sizes.append(s.series))
+        await batcher.start()
+        # Well under max_wait_s: the wait is for a fuller batch, and this one cannot grow.
+        result = await asyncio.wait_for(
+            batcher.submit([np.ones(n, np.float32) for n in lengths], "zeros"), 2.0
+        )
+        await batcher.stop()
+        return result
+
+    assert [r.shape for r in run(scenario())] == [(2, n) for n in lengths]
+    assert sizes == [len(lengths)]
 
 
 @pytest.mark.parametrize(
@@ -345,9 +388,100 @@ def test_batches_group_by_length_to_limit_padding(monkeypatch, max_padding_fract
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"max_batch_size": 0}, {"max_wait_s": -1.0}, {"max_queue_values": 0}, {"max_padding_fraction": 1.5}],
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0}, r"^batch and queue limits must be >= 1: BatchLimits\(max_batch_size=0,"),
+        ({"max_batch_values": 0}, r"^batch and queue limits must be >= 1: "),
+        ({"max_queue_values": 0}, r"^batch and queue limits must be >= 1: "),
+        ({"max_wait_s": -0.001}, r"^max_wait_s must be >= 0, got -0.001$"),
+        ({"max_padding_fraction": 1.5}, r"^max_padding_fraction must be in \[0, 1\], got 1.5$"),
+        ({"max_padding_fraction": -0.1}, r"^max_padding_fraction must be in \[0, 1\], got -0.1$"),
+    ],
 )
-def test_limits_validation(kwargs):
-    with pytest.raises(ValueError, match="must be"):
+def test_limits_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         BatchLimits(**kwargs)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_the_smallest_limits_are_valid(fraction):
+    limits = BatchLimits(1, 1, 0.0, 1, fraction)
+    assert (limits.max_batch_size, limits.max_batch_values, limits.max_queue_values) == (1, 1, 1)
+
+
+def test_batch_stats_describe_each_forward():
+    gate = threading.Event()
+    stats: list[BatchStats] = []
+    in_flight: list[int] = []
+
+    def forward(x: torch.Tensor, warmup: str) -> torch.Tensor:
+        gate.wait(5)
+        if x.shape[0] == 1:
+            raise RuntimeError("boom")
+        return model_forward(x, warmup)
+
+    async def scenario():
+        batcher = MicroBatcher(forward, BatchLimits(), on_batch=stats.append)
+        await batcher.start()
+        failing = asyncio.create_task(batcher.submit([np.ones(4, np.float32)], "zeros"))
+        await asyncio.sleep(0.05)
+        in_flight.append(batcher.in_flight)
+        ragged = asyncio.create_task(
+            batcher.submit([np.ones(3, np.float32), np.ones(5, np.float32)], "zeros")
+        )
+        await asyncio.sleep(0.2)  # the second request waits this long behind the first
+        gate.set()
+        with pytest.raises(BatchFailedError, match=r"^batch failed: RuntimeError\('boom'\)$"):
+            await failing
+        await asyncio.wait_for(ragged, 10)
+        in_flight.append(batcher.in_flight)
+        await batcher.stop()
+        return batcher.batches_run
+
+    assert run(scenario()) == 2
+    assert in_flight == [1, 0]
+    first, second = stats
+    assert (first.series, first.values, first.padded_values, first.failed) == (1, 4, 4, True)
+    assert (second.series, second.values, second.padded_values, second.failed) == (2, 8, 10, False)
+    assert first.forward_s >= 0.2 - 0.01  # held at the gate
+    assert 0.2 - 0.01 <= second.queue_wait_s < 5.0
+    assert first.queue_wait_s < 0.05
+
+
+def owner_bytes(array: np.ndarray) -> int:
+    """The size of the memory an answer keeps alive: its own, or that of the array it views."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array.nbytes
+
+
+@pytest.mark.parametrize("requests", [[[6], [6]], [[3, 6]]], ids=["two-requests", "padded"])
+def test_rows_of_a_shared_or_padded_batch_are_copied_out(requests):
+    # The docstring of _run_forward: a view would keep the whole batch alive, beyond the budget.
+    async def scenario():
+        batcher = MicroBatcher(model_forward, BatchLimits(max_wait_s=1.0, max_batch_size=2))
+        await batcher.start()
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit([np.ones(n, np.float32) for n in r], "zeros") for r in requests)),
+            10,
+        )
+        await batcher.stop()
+        assert batcher.batches_run == 1
+        return [row for result in results for row in result]
+
+    for row in run(scenario()):
+        assert owner_bytes(row) == row.nbytes
+
+
+def test_a_lone_unpadded_request_gets_the_batch_output_itself():
+    async def scenario():
+        batcher = MicroBatcher(model_forward, BatchLimits())
+        await batcher.start()
+        result = await batcher.submit([np.ones(5, np.float32), np.full(5, 2.0, np.float32)], "zeros")
+        await batcher.stop()
+        return result
+
+    first, second = run(scenario())
+    # No padding and no other request: its rows are views of one (2, C, 5) output, no copy.
+    assert owner_bytes(first) == owner_bytes(second) == 2 * first.nbytes
+    np.testing.assert_allclose(second, 2 * first, rtol=1e-6)

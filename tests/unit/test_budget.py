@@ -54,7 +54,23 @@ def test_float64_and_history_cost_their_bytes(itemsize, inputs):
     assert result_bytes(1000, 4, 4, itemsize, inputs) == 1000 * itemsize * (inputs + 4) + ENCODE_BYTES
 
 
+@pytest.mark.parametrize(
+    ("channels", "per_value"),
+    [
+        (1, 48),  # the parser's own working memory is the larger
+        (4, 48),  # a copy of 3 of 4 channels: 4 * (1 + 4 + 3) = 32 bytes
+        (32, 4 * (1 + 32 + 31)),  # float32 input, 32 outputs and a copy of 31 of them
+    ],
+)
+def test_parsing_reserves_the_worst_choice_of_channels(channels, per_value):
+    # The body, the bytes per value, and two response chunks of 1 MiB.
+    assert parse_bytes(5000, 1000, channels) == 5000 + 1000 * per_value + 2 * 2**20
+
+
 def test_the_sizing_rule_adds_idle_process_one_batch_and_the_budget():
+    # 320 MiB idle, one float64 batch of 1000 values and 4 channels (8 bytes x (2 + 2 x 4)),
+    # 48 MiB of forward workspace, then the budget.
+    assert peak_bytes(10**9, 1000, 4) == 320 * 2**20 + 1000 * 8 * 10 + 48 * 2**20 + 10**9
     assert batch_bytes(4_000_000, 4) == 4_000_000 * 4 * 10
     assert batch_bytes(4_000_000, 4, 8) == 4_000_000 * 8 * 10
     # The largest batch is a float64 one.

@@ -26,11 +26,17 @@ def test_graceful_timeout_covers_the_drain_and_the_longest_request(monkeypatch):
     assert graceful_timeout_needed(Settings()) == 40
 
 
-@pytest.mark.parametrize(("graceful_timeout", "warned"), [(30, True), (40, False)])
-def test_a_short_graceful_timeout_is_warned_about(monkeypatch, caplog, graceful_timeout, warned):
+@pytest.mark.parametrize(("graceful_timeout", "warned"), [(30, True), (39, True), (40, False), (41, False)])
+def test_a_graceful_timeout_shorter_than_needed_is_warned_about(
+    monkeypatch, caplog, graceful_timeout, warned
+):
     monkeypatch.setenv("CONVEWMA_DRAIN_S", "5")
     monkeypatch.setenv("CONVEWMA_REQUEST_TIMEOUT_S", "30")
     log = logging.getLogger("test.gunicorn")
     with caplog.at_level(logging.WARNING, logger="test.gunicorn"):
         ConvEWMAWorker.check_config(SimpleNamespace(graceful_timeout=graceful_timeout), log)
-    assert ("--graceful-timeout 30 s may cut requests short" in caplog.text) is warned
+    expected = (
+        f"--graceful-timeout {graceful_timeout} s may cut requests short on SIGTERM: "
+        "CONVEWMA_DRAIN_S + CONVEWMA_REQUEST_TIMEOUT_S + 5 = 40 s"
+    )
+    assert caplog.messages == ([expected] if warned else [])  # 40 s exactly is enough

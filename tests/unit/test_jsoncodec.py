@@ -580,3 +580,180 @@ def test_missing_outputs_are_null_and_history_comes_last(dtype: str, chunk_bytes
     assert document["history"] == [[None, 2.5], []]
     expected = {"smoothed": smoothed, "channels": ["fast"] * 2, "alphas": [0.5, 0.5], "model_version": "v"}
     assert body == orjson.dumps({**expected, "history": history}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+# --- exact messages and defaults, on both paths ---------------------------------------------
+
+EXPECTED_FIELDS = (
+    "'series', 'history', 'channels', 'pairing', 'warmup', 'gaps', 'min_periods', 'dtype', 'stride'"
+)
+NOT_ONE = "is not one of ['fast', 'mid', 'a\"[b]', 'é{x},\\\\'] or 0..3"
+EXACT = [
+    (b"[1, 2]", 422, "the body must be a JSON object, got list"),
+    (b'"x"', 422, "the body must be a JSON object, got str"),
+    (b'{"values": [[1]], "a": 1}', 422, f"unknown field(s) ['a', 'values']; expected {EXPECTED_FIELDS}"),
+    (b'{"series": [[1]], "Series": [[1]]}', 422, f"unknown field(s) ['Series']; expected {EXPECTED_FIELDS}"),
+    (b'{"warmup": "zeros"}', 422, "'series' is required"),
+    (b'{"series": "1,2"}', 422, "'series' must be a list of lists of numbers, got str"),
+    (b'{"series": []}', 422, "'series' is empty"),
+    (b'{"series": [[1]' + b", [1]" * 8 + b"]}", 413, "9 series; the limit is 8"),
+    (b'{"series": [[1], []]}', 422, "series[1] is empty"),
+    (b'{"series": [[1], {}]}', 422, "series[1] must be a list of numbers, got dict"),
+    (
+        b'{"series": [[1], [2, 1e39]]}',
+        422,
+        "series[1][1] = 1e+39 is not finite or is outside the float32 range",
+    ),
+    (
+        b'{"series": [[1]], "history": "x"}',
+        422,
+        "'history' must be a list of lists of numbers (one per series), got str",
+    ),
+    (b'{"series": [[1], [2]], "history": [[]]}', 422, "'history' has 1 lists for 2 series: one per series"),
+    (b'{"series": [[1]], "history": [5]}', 422, "history[0] must be a list of numbers, got int"),
+    (
+        b'{"series": [[1]], "history": [[1' + b", 1" * 64 + b"]]}",
+        413,
+        "history[0] has 65 values; the limit is 64",
+    ),
+    (
+        b'{"series": [[1]], "history": [[1e39]]}',
+        422,
+        "history[0][0] = 1e+39 is not finite or is outside the float32 range",
+    ),
+    (b'{"series": [[1]], "history": [[1, "x"]]}', 422, "history[0][1] must be a number, got str 'x'"),
+    (b'{"series": [[1]], "pairing": "all"}', 422, "'pairing' must be one of ['bank', 'each'], got 'all'"),
+    (b'{"series": [[1]], "warmup": "ones"}', 422, "'warmup' must be one of ['zeros', 'adjust'], got 'ones'"),
+    (b'{"series": [[1]], "gaps": "fill"}', 422, "'gaps' must be one of ['decay', 'skip'], got 'fill'"),
+    (b'{"series": [[1]], "dtype": 16}', 422, "'dtype' must be one of ['float32', 'float64'], got 16"),
+    (b'{"series": [[1]], "min_periods": -1}', 422, "'min_periods' must be an integer >= 0, got -1"),
+    (b'{"series": [[1]], "stride": 0}', 422, "'stride' must be an integer in 1..64, got 0"),
+    (b'{"series": [[1]], "stride": 65}', 422, "'stride' must be an integer in 1..64, got 65"),
+    (b'{"series": [[1]], "channels": [4]}', 422, f"channels[0] = 4 {NOT_ONE}"),
+    (
+        b'{"series": [[1], [2]], "pairing": "each"}',
+        422,
+        "'channels' is required with pairing 'each': one channel per series",
+    ),
+    (
+        b'{"series": [[1], [2]], "pairing": "each", "channels": [1, "mid", 1]}',
+        422,
+        "'channels' has 3 entries for 2 series: pairing 'each' takes one channel per series, in series order",
+    ),
+    (b'{"series": [[1]], "channels": [1, "mid"]}', 422, "channels[1] repeats 'mid' (channels[0])"),
+    # A 422 with a broken array elsewhere is a 400; a NaN elsewhere leaves the first error.
+    (b'{"series": [[1, "x"], [NaN]]}', 422, "series[0][1] must be a number, got str 'x'"),
+    (
+        b'{"series": [[1], [NaN]], "pairing": "x"}',
+        422,
+        "'pairing' must be one of ['bank', 'each'], got 'x'",
+    ),
+    (b'{"series": [[1, "x"], [2 3]]}', 400, "malformed JSON at byte 25: Expecting ',' delimiter"),
+    (b'{"series": [[1]], "pairing": "x", "y": [[1,]]}', 400, "malformed JSON at byte 43: Expecting value"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), EXACT, ids=short_id)
+def test_exact_errors(body: bytes, status: int, message: str) -> None:
+    for raised in errors(body):
+        assert (raised.status, raised.detail) == (status, message)
+
+
+def test_the_limits_are_inclusive() -> None:
+    eight = parse_smooth_body(b'{"series": [[1]' + b", [2]" * 7 + b"]}", LIMITS, NAMES)
+    assert [s.tolist() for s in eight.series] == [[1.0]] + [[2.0]] * 7
+    long = (
+        b'{"series": [[1' + b", 1" * 63 + b'], [2]], "history": [[3' + b", 3" * 63 + b'], []], "stride": 64}'
+    )
+    for path in (nullcontext, scanning):
+        with path():
+            job = parse_smooth_body(long, LIMITS, NAMES)
+        assert [s.tolist() for s in job.series] == [[1.0] * 64, [2.0]]
+        assert job.history is not None
+        assert [h.tolist() for h in job.history] == [[3.0] * 64, []]
+        assert job.stride == 64
+
+
+def fields(job: SmoothJob) -> tuple[Any, ...]:
+    return (job.channels, job.warmup, job.pairing, job.gaps, job.min_periods, job.dtype, job.stride)
+
+
+@pytest.mark.parametrize("path", [nullcontext, scanning])
+def test_defaults_and_every_field_read(path: Any) -> None:
+    with path():
+        job = parse_smooth_body(b'{"series": [[1.5, null]]}', LIMITS, NAMES)
+        nulls = b', "pairing": null, "warmup": null, "gaps": null, "min_periods": null, "dtype": null'
+        same = parse_smooth_body(
+            b'{"series": [[1.5, null]], "channels": null, "history": null, "stride": null' + nulls + b"}",
+            LIMITS,
+            NAMES,
+        )
+        every = parse_smooth_body(
+            b'{"series": [[1000000001], [2]], "history": [[3], []], "channels": ["mid", 3], '
+            b'"pairing": "each", '
+            b'"warmup": "adjust", "gaps": "skip", "min_periods": 0, "dtype": "float64", "stride": 3}',
+            LIMITS,
+            NAMES,
+        )
+    assert fields(job) == ([0, 1, 2, 3], None, "bank", "decay", 1, "float32", 1)
+    assert fields(same) == fields(job)
+    assert job.history is None
+    assert same.history is None
+    assert job.series[0].dtype == np.float32
+    assert job.series[0][0] == 1.5
+    assert np.isnan(job.series[0][1])
+    assert fields(every) == ([1, 3], "adjust", "each", "skip", 0, "float64", 3)
+    assert [s.tolist() for s in every.series] == [[1000000001.0], [2.0]]
+    assert every.history is not None
+    assert [h.tolist() for h in every.history] == [[3.0], []]
+    assert all(a.dtype == np.float64 for a in [*every.series, *every.history])
+
+
+@pytest.mark.parametrize("pad", [-1, 0, 1])
+def test_small_bodies_are_read_by_one_orjson_call(pad: int) -> None:
+    """Up to 64 KiB the body is one orjson call (an array is quoted as Python shows it);
+    past it the body is scanned (an array is quoted by its text)."""
+    head = b'{"series": [[1]], "warmup": [[1,2]]'
+    body = head + b" " * (jsoncodec.SMALL_BODY_BYTES + pad - len(head) - 1) + b"}"
+    assert len(body) == jsoncodec.SMALL_BODY_BYTES + pad
+    shown = "[[1,2]]" if pad > 0 else "[[1, 2]]"
+    with pytest.raises(RequestError) as info:
+        parse_smooth_body(body, LIMITS, NAMES)
+    assert info.value.detail == f"'warmup' must be one of ['zeros', 'adjust'], got {shown}"
+
+
+@pytest.mark.parametrize(
+    ("body", "bound"), [(b"", 0), (b"[]", 1), (b'{"series": [[1, 2], [3]]}', 5), (b"1,2,3,,]]", 6)]
+)
+def test_count_values_upper_bound_exactly(body: bytes, bound: int) -> None:
+    assert count_values_upper_bound(body) == bound
+
+
+def test_response_chunks_are_cut_once_chunk_bytes_are_reached() -> None:
+    smoothed = [np.array([[1.5]], np.float32)]
+    pieces = list(encode_smooth_response(smoothed, ["a"], [0.5], "v", chunk_bytes=13))
+    assert pieces[0] == b'{"smoothed":['  # 13 bytes: cut at exactly chunk_bytes
+    pieces = list(encode_smooth_response(smoothed, ["a"], [0.5], "v", chunk_bytes=14))
+    assert pieces[0] == b'{"smoothed":[['  # 13 + 0 + 1 bytes
+    assert b"".join(pieces) == b'{"smoothed":[[[1.5]]],"channels":["a"],"alphas":[0.5],"model_version":"v"}'
+    pieces = list(encode_smooth_response(smoothed, ["a"], [0.5], "v", chunk_bytes=7))
+    assert pieces == [  # every chunk holds at least 7 bytes, counted afresh after each cut
+        b'{"smoothed":[',
+        b"[[1.5]]",
+        b'],"channels":["a"],"alphas":[0.5]',
+        b',"model_version":"v"',
+        b"}",
+    ]
+
+
+def test_a_block_that_is_not_two_dimensional_is_encoded_whole() -> None:
+    smoothed = [
+        np.array([1.0, 2.0], np.float32),
+        np.array([[3.0]], np.float32),
+        np.zeros((1, 1, 1), np.float32),
+    ]
+    body = b"".join(encode_smooth_response(smoothed, ["a"], [0.5], "v", chunk_bytes=1))
+    assert (
+        body
+        == b'{"smoothed":[[1.0,2.0],[[3.0]],[[[0.0]]]],"channels":["a"],"alphas":[0.5],"model_version":"v"}'
+    )

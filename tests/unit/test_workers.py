@@ -37,7 +37,33 @@ def test_errors_reach_the_caller_and_shutdown_runs_what_was_submitted():
     with pytest.raises(ValueError, match="invalid literal"):
         failing.result(timeout=1)
     assert done.result(timeout=1) == 6
-    with pytest.raises(RuntimeError, match="shut down"):
+    with pytest.raises(RuntimeError, match=r"^the pool is shut down$"):
         pool.submit(0.0, sum, [])
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         OldestFirstPool(workers=0, name="test")
+
+
+def test_the_backlog_is_the_oldest_calls_wait_and_a_cancelled_call_never_runs():
+    pool = OldestFirstPool(workers=1, name="test")
+    gate = threading.Event()
+    ran: list[str] = []
+    blocker = pool.submit(0.0, gate.wait, 10)
+    cancelled = pool.submit(1.0, ran.append, "cancelled")
+    time.sleep(0.2)
+    later = pool.submit(2.0, ran.append, "later")
+    assert pool.longest_wait() >= 0.2  # the first queued call's wait, not the last one's
+    assert cancelled.cancel()
+    gate.set()
+    for future in (blocker, later):
+        future.result(timeout=10)
+    assert ran == ["later"]
+    pool.shutdown()
+
+
+def test_the_threads_are_named_after_the_pool_and_do_not_hold_up_exit():
+    pool = OldestFirstPool(workers=2, name="codec")
+    seen = {pool.submit(0.0, lambda: threading.current_thread().name).result(timeout=10) for _ in range(20)}
+    assert seen <= {"codec-0", "codec-1"}
+    assert pool.submit(0.0, lambda: threading.current_thread().daemon).result(timeout=10)
+    pool.shutdown()
+    assert pool.closed

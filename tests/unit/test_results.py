@@ -1,0 +1,90 @@
+"""From a batch's outputs to one request's answer (app/serving/results.py), on hand-made
+outputs: which rows are views and which are copies, the history's outputs dropped and the
+tails for the next chunk (against tests/reference.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.api.schemas import RequestError, SmoothJob
+from app.serving.options import SmoothOptions
+from app.serving.results import Reach, finish, options_for, rows_of
+from tests.reference import history_tail_reference
+
+C = 3  # channels of the pretend model
+
+
+def batch_outputs(rows: list[np.ndarray], stride: int = 1) -> list[np.ndarray]:
+    """What a forward would give: (C, ceil(T / stride)) per row, channel c = row * (c + 1)."""
+    return [np.stack([row[::stride] * (c + 1) for c in range(C)]) for row in rows]
+
+
+def test_all_channels_are_the_batch_rows_themselves_and_a_choice_is_a_copy():
+    series = [np.arange(1.0, 6.0, dtype=np.float32)]
+    outputs = batch_outputs(series)
+    options = SmoothOptions("zeros")
+    every = SmoothJob(series=series, channels=[0, 1, 2], warmup=None)
+    (whole,), tails = finish(outputs, series, every, options, Reach(4, 1), C)
+    assert tails is None
+    assert np.shares_memory(whole, outputs[0])  # no copy of an answer as large as the batch's
+    np.testing.assert_array_equal(whole, outputs[0])
+    chosen = SmoothJob(series=series, channels=[2, 0], warmup=None)
+    (picked,), _ = finish(outputs, series, chosen, options, Reach(4, 1), C)
+    assert not np.shares_memory(picked, outputs[0])
+    np.testing.assert_array_equal(picked, outputs[0][[2, 0]])
+
+
+@pytest.mark.parametrize(("dilation", "stride"), [(1, 1), (3, 1), (2, 2)])
+@pytest.mark.parametrize("gaps", ["decay", "skip"])
+def test_a_history_is_dropped_from_the_answer_and_the_tail_follows_the_reach(dilation, stride, gaps):
+    kernel_size = 4
+    history = [np.array([1.0, np.nan, 3.0, 4.0, 5.0], np.float32), np.array([], np.float32)]
+    series = [np.arange(10.0, 30.0, dtype=np.float32), np.array([7.0, np.nan, 9.0], np.float32)]
+    job = SmoothJob(series=series, channels=[1], warmup=None, history=history, gaps=gaps, stride=stride)
+    options = SmoothOptions("zeros", gaps, stride=stride)
+    rows = rows_of(job)
+    for row, before, values in zip(rows, history, series, strict=True):
+        np.testing.assert_array_equal(row, np.concatenate([before, values]))
+    smoothed, tails = finish(batch_outputs(rows, stride), rows, job, options, Reach(kernel_size, dilation), C)
+    for row, before, answer in zip(rows, history, smoothed, strict=True):
+        first = -(-len(before) // stride)  # outputs at positions 0, s, 2s, ... from the history's start
+        np.testing.assert_array_equal(answer, 2 * row[::stride][None, first:])
+    assert tails is not None
+    for row, tail in zip(rows, tails, strict=True):
+        expected = history_tail_reference(row, kernel_size, dilation=dilation, gaps=gaps, stride=stride)
+        np.testing.assert_array_equal(tail, expected)
+
+
+def test_a_history_must_pair_with_the_series():
+    job = SmoothJob(series=[np.ones(3, np.float32)] * 2, channels=[0], warmup=None, history=[np.ones(2)])
+    with pytest.raises(ValueError, match="zip"):
+        rows_of(job)
+
+
+def test_each_series_keeps_its_own_channel_and_an_infinity_names_its_series():
+    series = [np.ones(4, np.float32), np.full(4, 2.0, np.float32)]
+    job = SmoothJob(series=series, channels=[2, 0], warmup=None, pairing="each")
+    smoothed, _ = finish(batch_outputs(series), series, job, SmoothOptions("zeros"), Reach(4, 1), C)
+    np.testing.assert_array_equal(smoothed[0], np.full((1, 4), 3.0))
+    np.testing.assert_array_equal(smoothed[1], np.full((1, 4), 2.0))
+    overflowing = batch_outputs(series)
+    overflowing[1][0, 2] = np.inf
+    with pytest.raises(RequestError) as error:
+        finish(overflowing, series, job, SmoothOptions("zeros"), Reach(4, 1), C)
+    assert (error.value.status, error.value.detail) == (
+        422,
+        "series[1]: the smoothed values overflow float32; scale the input down",
+    )
+
+
+@pytest.mark.parametrize(("asked", "expected"), [(None, "adjust"), ("zeros", "zeros")])
+def test_options_take_the_models_warmup_by_default(asked, expected):
+    job = SmoothJob(series=[np.ones(2)], channels=[0], warmup=asked, min_periods=4, dtype="float64", stride=2)
+    assert options_for(job, 4, "adjust") == SmoothOptions(expected, "decay", 4, "float64", 2)
+    with pytest.raises(RequestError) as error:
+        options_for(job, 3, "adjust")
+    assert (error.value.status, error.value.detail) == (
+        422,
+        "'min_periods' must be an integer in 0..3 (the kernel size), got 4",
+    )
