@@ -57,8 +57,13 @@ def _decimal(text: str) -> float:
 
 
 def _integer(text: str) -> int | float:
-    # Past 300 digits an integer is beyond float64 anyway, and int() refuses 4300 digits.
-    return int(text) if len(text) <= 300 else float(text)
+    # As orjson reads it, so that a body means the same on both paths: an integer
+    # outside [-2**63, 2**64) becomes a float. Past 300 digits int() is not even tried
+    # (it refuses 4300 digits).
+    if len(text) > 300:
+        return float(text)
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
 
 
 def _raise_constant(name: str) -> Any:

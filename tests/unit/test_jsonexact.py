@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from app.api.jsonexact import Constant, convert, malformed, not_finite, stdlib
@@ -57,8 +58,21 @@ def test_constants_are_kept_in_place_when_asked() -> None:
     assert repr(got) == "[1, NaN, -Infinity, Infinity]"
 
 
-@pytest.mark.parametrize(("digits", "kind"), [(299, int), (300, int), (301, float), (5000, float)])
-def test_integers_past_300_digits_are_read_as_floats(digits: int, kind: type) -> None:
+@pytest.mark.parametrize(
+    "text", [b"%d" % (2**64 - 1), b"%d" % 2**64, b"%d" % -(2**63), b"%d" % (-(2**63) - 1)]
+)
+def test_integers_are_read_as_orjson_reads_them(text: bytes) -> None:
+    # An int within [-2**63, 2**64), a float outside: the fast path and this one agree.
+    (value,) = stdlib(b"[" + text + b"]", shifted, keep_constants=False)
+    (expected,) = orjson.loads(b"[" + text + b"]")
+    assert type(value) is type(expected)
+    assert value == expected
+
+
+@pytest.mark.parametrize(
+    ("digits", "kind"), [(19, int), (20, int), (21, float), (300, float), (310, float), (5000, float)]
+)
+def test_long_integers_are_read_as_floats(digits: int, kind: type) -> None:
     (value,) = stdlib(b"[" + b"1" * digits + b"]", shifted, keep_constants=False)
     assert type(value) is kind
     assert float(value) == float("1" * digits)
