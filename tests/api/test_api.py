@@ -230,3 +230,39 @@ async def test_draining_refuses_new_work_and_closes_connections():
     assert ready.json() == {"status": "draining"}
     assert alive.status_code == 200  # still live: the orchestrator must not kill it early
     assert alive.headers["connection"] == "close"
+
+
+JSON_TYPE = {"content-type": "application/json"}
+NOT_AN_INTEGER = "content-length must be a non-negative integer"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "detail"),
+    [
+        ({"content-type": "Application/JSON ; charset=utf-8"}, 200, None),  # case and parameters
+        ({"content-type": "application/json;charset=utf-8"}, 200, None),
+        ({}, 415, "content-type must be application/json, got none"),
+        (
+            {"content-type": "text/plain; charset=utf-8"},
+            415,
+            "content-type must be application/json, got text/plain",
+        ),
+        (
+            {"content-type": "application/json x"},
+            415,
+            "content-type must be application/json, got application/json x",
+        ),
+        ({**JSON_TYPE, "content-length": "x17"}, 400, NOT_AN_INTEGER),
+        ({**JSON_TYPE, "content-length": "-17"}, 400, NOT_AN_INTEGER),
+        ({**JSON_TYPE, "content-length": "17"}, 200, None),  # the body's own length
+    ],
+)
+async def test_media_type_and_declared_length_are_read_from_the_headers(client, headers, status, detail):
+    body = b'{"series": [[1]]}'
+    response = await client.post("/smooth", content=body, headers=headers)
+    assert response.status_code == status
+    if detail is None:
+        plain = await client.post("/smooth", content=body, headers=JSON_TYPE)
+        assert response.json() == plain.json()
+    else:
+        assert response.json()["detail"] == detail
