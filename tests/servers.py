@@ -22,6 +22,25 @@ import numpy as np
 from tests.reference import SHIPPED_WEIGHTS, bank_reference, max_relative_error, read_weights_file
 
 
+def http_scope(method: str, path: str) -> dict[str, Any]:
+    """The ASGI scope of a plain HTTP request, for calling an app without a client."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "state": {},
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

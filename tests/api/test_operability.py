@@ -41,6 +41,7 @@ from app.serving.intake import (
 )
 from app.serving.metrics import METHODS
 from tests.api.test_contract import serving, settings
+from tests.servers import http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -466,21 +467,7 @@ async def test_label_sets_stay_bounded_under_random_paths_and_methods():
 async def call(app: FastAPI, method: str, path: str) -> int:
     """One request through the ASGI app (its middleware included), without a client."""
     status = 0
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
-        "state": {},
-    }
+    scope = http_scope(method, path)
     sent = False
 
     async def receive() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.core.paths import DEFAULT_WEIGHTS
 from app.main import create_app
 from tests.api.test_contract import Metrics, scrape, serving, settings
+from tests.servers import http_scope
 
 pytestmark = pytest.mark.anyio
 BASE = "http://test"
@@ -31,21 +32,7 @@ def anyio_backend() -> str:
 async def asgi(app: FastAPI, method: str, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
     """One request straight into the ASGI app: its status, headers and every body byte it
     sent. httpx's ASGITransport and uvicorn both drop a HEAD response's body; here nothing does."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
-        "state": {},
-    }
+    scope = http_scope(method, path)
     messages: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
