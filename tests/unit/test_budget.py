@@ -36,6 +36,21 @@ def test_reservations_resize_within_the_capacity_and_give_everything_back():
         MemoryBudget(0)
 
 
+def test_a_held_reservation_grows_by_the_difference_and_closes_once():
+    budget = MemoryBudget(1000)
+    reservation = Reservation(budget)
+    assert reservation.resize(600)
+    assert reservation.resize(1000)  # takes 400 more, not 1000
+    assert (reservation.held, budget.used) == (1000, 1000)
+    assert budget.try_take(0)  # exactly full still fits nothing more
+    assert not budget.try_take(1)
+    reservation.close()
+    assert (reservation.held, budget.used) == (0, 0)
+    reservation.close()  # a second close gives back nothing
+    assert budget.used == 0
+    assert MemoryBudget(1).try_take(1)  # one byte is a valid capacity
+
+
 @pytest.mark.parametrize("channels", [1, 4, 32])
 def test_parsing_reserves_at_least_what_the_result_needs(channels):
     # Step 3 must never need more than step 2 held, whichever channels are chosen.
