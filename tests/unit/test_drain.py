@@ -16,13 +16,10 @@ import pytest
 import uvicorn
 
 from app.serving import drain
-from app.serving.drain import DrainState, ExitZeroServer, SignalDrain
+from app.serving.drain import DrainState, SignalDrain
+from tests.unit.test_signal_drain import empty_app
 
 BASE_S = 1000.0  # far from 0, so that a sum of two clock readings differs from their difference
-
-
-async def empty_app(scope: object, receive: object, send: object) -> None:
-    raise NotImplementedError
 
 
 class Clock:
@@ -220,10 +217,3 @@ def test_a_signal_while_uvicorn_is_already_stopping_is_uvicorns_own(server, cloc
             assert server.force_exit  # a second Ctrl+C to uvicorn: stop without waiting
 
     asyncio.run(scenario())
-
-
-def test_exit_zero_server_a_first_sigint_asks_for_a_graceful_stop():
-    server = ExitZeroServer(uvicorn.Config(empty_app))
-    server.handle_exit(signal.SIGINT, None)
-    assert server.should_exit
-    assert not server.force_exit

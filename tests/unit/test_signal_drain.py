@@ -128,9 +128,10 @@ def test_no_drain_when_drain_s_is_zero(server):
     asyncio.run(scenario())
 
 
-def test_exit_zero_server_does_not_re_raise_the_signal():
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_exit_zero_server_does_not_re_raise_the_signal(first):
     server = ExitZeroServer(uvicorn.Config(empty_app))
-    server.handle_exit(signal.SIGTERM, None)
+    server.handle_exit(first, None)  # a first Ctrl+C too asks for a graceful stop
     assert server.should_exit
     assert not server.force_exit
     server.handle_exit(signal.SIGINT, None)
