@@ -26,6 +26,7 @@ from app.serving.metrics import ServiceMetrics
 from app.serving.options import SmoothOptions
 from app.serving.service import INLINE_BYTES, INLINE_VALUES, SmoothingService, resolve_device
 from app.serving.settings import Settings
+from tests.api.test_real_world import TOLERANCE  # the API's own, against the float64 reference
 from tests.reference import (
     SHIPPED_WEIGHTS,
     continuation_reference,
@@ -42,7 +43,6 @@ ALPHAS = SHIPPED.alphas
 K = SHIPPED.kernel_size
 C = len(SHIPPED.channels)
 MiB = 1 << 20
-TOLERANCE = {"float32": 1e-5, "float64": 1e-12}  # against the float64 reference; float32 is ~1e-7
 ENCODE = 2 * MiB  # two response chunks of 1 MiB (the budget's rule, benchmarks/README.md)
 
 
