@@ -104,6 +104,11 @@ def main() -> int:
     if stale:
         print("listed as equivalent but not a mutant of this source:", *stale, sep="\n  ")
         return 1
+    # A test that catches a listed mutant proves it was not equivalent: drop it from the list.
+    caught = sorted(name for name in equivalent if results[name] in CAUGHT)
+    if caught:
+        print("listed as equivalent but a test catches it:", *caught, sep="\n  ")
+        return 1
     rows, below = table(results, equivalent)
     print("\n".join(rows))
     if args.write:

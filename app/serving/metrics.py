@@ -109,10 +109,9 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        route = path if path in self.routes else "other"  # bounded label values
-        method = scope.get("method", "")
-        method = method if method in METHODS else "other"
+        # Both keys are required in an HTTP scope (ASGI spec); only their values are bounded.
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        method = scope["method"] if scope["method"] in METHODS else "other"
         status = 500
         started = time.perf_counter()
 

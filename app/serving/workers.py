@@ -56,7 +56,8 @@ class OldestFirstPool:
         """Run everything already submitted, then stop the threads."""
         self.closed = True
         for _ in self._threads:
-            self._queue.put((math.inf, next(self._order), 0.0, None, None))
+            # Stamped now, as a call would be: longest_wait reads it while the last calls run.
+            self._queue.put((math.inf, next(self._order), time.monotonic(), None, None))
         for thread in self._threads:
             thread.join()
 

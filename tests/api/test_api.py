@@ -225,7 +225,7 @@ async def test_draining_refuses_new_work_and_closes_connections():
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert refused.headers["connection"] == "close"
-    assert "shutting down" in refused.json()["detail"]
+    assert refused.json() == {"detail": "server busy: the server is shutting down; retry on another replica"}
     assert ready.status_code == 503
     assert ready.json() == {"status": "draining"}
     assert alive.status_code == 200  # still live: the orchestrator must not kill it early

@@ -249,6 +249,8 @@ async def test_a_malformed_compressed_body_is_400(encoding, body, reason):
         (" Gzip ", "gzip"),
         ("x-gzip", "gzip"),
         ("deflate", "deflate"),
+        ("gzip,", "gzip"),  # empty list elements are ignored (RFC 9110, 5.6.1)
+        (" , deflate ,", "deflate"),
     ],
 )
 def test_content_coding_names_the_one_supported_coding(header, coding):

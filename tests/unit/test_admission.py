@@ -44,3 +44,13 @@ def test_each_interval_decides_on_its_own_requests(clock):
     assert not gate.is_behind()
     clock[0] = 104.0
     assert gate.is_behind()
+
+
+def test_is_behind_is_a_bool_from_the_start_and_after_a_clearing_request(clock):
+    gate = StandingQueue(target_s=0.5, interval_s=2.0)
+    assert gate.is_behind() is False  # nothing observed yet
+    gate.observe(0.6)
+    clock[0] = 102.0
+    assert gate.is_behind() is True
+    gate.observe(0.5)  # on time: clears it at once
+    assert gate.is_behind() is False

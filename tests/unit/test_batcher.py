@@ -213,7 +213,7 @@ def test_output_count_mismatch_fails_the_batch():
     async def scenario():
         batcher = MicroBatcher(lambda x, w: LAYER(x[:1], warmup=w), BatchLimits())
         await batcher.start()
-        with pytest.raises(BatchFailedError, match="returned 1 rows for 2 series"):
+        with pytest.raises(BatchFailedError, match=r"^forward returned 1 rows for 2 series$"):
             await batcher.submit([np.ones(3, np.float32)] * 2, "zeros")
         await batcher.stop()
 
@@ -443,7 +443,7 @@ def test_batch_stats_describe_each_forward():
     first, second = stats
     assert (first.series, first.values, first.padded_values, first.failed) == (1, 4, 4, True)
     assert (second.series, second.values, second.padded_values, second.failed) == (2, 8, 10, False)
-    assert first.forward_s >= 0.2 - 0.01  # held at the gate
+    assert 0.2 - 0.01 <= first.forward_s < 5.0  # held at the gate, and a duration
     assert 0.2 - 0.01 <= second.queue_wait_s < 5.0
     assert first.queue_wait_s < 0.05
 
@@ -485,3 +485,63 @@ def test_a_lone_unpadded_request_gets_the_batch_output_itself():
     # No padding and no other request: its rows are views of one (2, C, 5) output, no copy.
     assert owner_bytes(first) == owner_bytes(second) == 2 * first.nbytes
     np.testing.assert_allclose(second, 2 * first, rtol=1e-6)
+
+
+def test_the_loop_and_the_forward_thread_carry_their_names():
+    # What a thread dump or py-spy shows of the service.
+    threads: list[str] = []
+
+    def forward(x: torch.Tensor, warmup: str) -> torch.Tensor:
+        threads.append(threading.current_thread().name)
+        return model_forward(x, warmup)
+
+    async def scenario() -> list[str]:
+        batcher = MicroBatcher(forward, BatchLimits())
+        await batcher.start()
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        await batcher.submit([np.ones(3, np.float32)], "zeros")
+        await batcher.stop()
+        return names
+
+    assert "convewma-batcher" in run(scenario())
+    assert len(threads) == 1
+    assert threads[0].startswith("convewma-forward_")
+
+
+@pytest.mark.parametrize(
+    ("limits", "lengths", "expected_shapes"),
+    [
+        # Two rows of 8 fill max_batch_values exactly: one batch.
+        (BatchLimits(max_batch_values=16), [8, 8], [(2, 8)]),
+        # Padding of exactly the allowed fraction (4 of 16 values): still one batch.
+        (BatchLimits(max_padding_fraction=0.25), [8, 4], [(2, 8)]),
+        # Room for one more series: the nearest length joins, not the oldest.
+        (BatchLimits(max_batch_size=2, max_padding_fraction=1.0), [1000, 10, 990], [(2, 1000), (1, 10)]),
+    ],
+    ids=["values exactly full", "padding exactly at the fraction", "nearest length first"],
+)
+def test_batches_are_formed_up_to_each_limit_inclusive(monkeypatch, limits, lengths, expected_shapes):
+    monkeypatch.setattr(batcher_module, "PADDING_SLACK_VALUES", 0)  # the fraction alone decides
+    gate = threading.Event()
+    shapes: list[tuple[int, int]] = []
+
+    def forward(x: torch.Tensor, warmup: str) -> torch.Tensor:
+        shapes.append((x.shape[0], x.shape[1]))
+        gate.wait(5)
+        return model_forward(x, warmup)
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(forward, limits)
+        await batcher.start()
+        blocker = asyncio.create_task(batcher.submit([np.ones(1, np.float32)], "zeros"))
+        await asyncio.sleep(0.05)  # in the forward: the rest queue behind it, oldest first
+        tasks = []
+        for n in lengths:
+            tasks.append(asyncio.create_task(batcher.submit([np.ones(n, np.float32)], "zeros")))
+            await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(blocker, *tasks), 10)
+        await batcher.stop()
+
+    run(scenario())
+    assert shapes == [(1, 1), *expected_shapes]

@@ -217,3 +217,68 @@ def test_a_signal_while_uvicorn_is_already_stopping_is_uvicorns_own(server, cloc
             assert server.force_exit  # a second Ctrl+C to uvicorn: stop without waiting
 
     asyncio.run(scenario())
+
+
+# -- DrainMiddleware: while draining, each response closes its connection ----------------------
+
+START = "http.response.start"
+
+
+def through_middleware(
+    active: bool, messages: list[dict[str, object]], scope_type: str = "http"
+) -> list[dict[str, object]]:
+    """What reaches the server when an app behind ``DrainMiddleware`` sends ``messages``."""
+    sent: list[dict[str, object]] = []
+
+    async def app(scope: object, receive: object, send) -> None:  # type: ignore[no-untyped-def]
+        for message in messages:
+            await send(dict(message))
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        raise AssertionError("not read")
+
+    state = DrainState()
+    state.active = active
+    asyncio.run(drain.DrainMiddleware(app, state)({"type": scope_type}, receive, send))
+    return sent
+
+
+RESPONSE = [
+    {
+        "type": START,
+        "status": 200,
+        "headers": [(b"content-type", b"text/plain"), (b"Connection", b"keep-alive")],
+    },
+    {"type": "http.response.body", "body": b"ok", "headers": [(b"x-not", b"a start")]},
+]
+
+
+def test_a_new_state_is_not_draining():
+    assert DrainState().active is False
+
+
+def test_outside_a_drain_responses_pass_unchanged():
+    assert through_middleware(False, RESPONSE) == RESPONSE
+
+
+def test_while_draining_the_start_says_close_in_place_of_any_connection_header():
+    start, body = through_middleware(True, RESPONSE)
+    assert start == {
+        "type": START,
+        "status": 200,
+        "headers": [(b"content-type", b"text/plain"), (b"connection", b"close")],
+    }
+    assert body == RESPONSE[1]  # only the start carries headers that matter
+
+
+def test_while_draining_a_start_without_headers_gets_the_close_alone():
+    (start,) = through_middleware(True, [{"type": START, "status": 204}])
+    assert start == {"type": START, "status": 204, "headers": [(b"connection", b"close")]}
+
+
+@pytest.mark.parametrize("scope_type", ["lifespan", "websocket"])
+def test_other_scopes_pass_through_even_while_draining(scope_type):
+    assert through_middleware(True, RESPONSE, scope_type) == RESPONSE

@@ -288,3 +288,96 @@ async def test_a_client_gone_while_sending_is_a_disconnect():
     reservation = Reservation(MemoryBudget(1000))
     with pytest.raises(ClientDisconnectedError, match=r"^client disconnected while sending its body$"):
         await read_body(receive, None, BodyLimits(100, 5.0), reservation, Deadline(30.0))
+
+
+@pytest.mark.parametrize(
+    ("messages", "body"),
+    [
+        ([{"type": "http.request"}], b""),  # ASGI: no body means b"", no more_body means False
+        ([{"type": "http.request", "body": b"12", "more_body": True}, {"type": "http.request"}], b"12"),
+        ([{"type": "http.request", "body": b"12"}], b"12"),
+    ],
+    ids=["neither key", "the last without either", "no more_body"],
+)
+async def test_a_message_without_body_or_more_body_takes_the_asgi_defaults(messages, body):
+    pending = list(messages)
+
+    async def receive() -> dict[str, object]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    reservation = Reservation(MemoryBudget(1000))
+    assert await read_body(receive, None, BodyLimits(100, 5.0), reservation, Deadline(30.0)) == body
+    assert reservation.held == len(body)
+
+
+async def test_the_decompressed_size_is_the_sum_of_all_steps():
+    # Each step is under the limit; together they are over it.
+    data = bytes(range(256)) * 4096  # 1 MiB, four steps of 256 KiB
+    reservation = Reservation(MemoryBudget(10 << 20))
+    with pytest.raises(RequestError) as error:
+        await read_body(
+            receiver([zlib.compress(data)], [], reservation),
+            None,
+            BodyLimits(600_000, 5.0),
+            reservation,
+            Deadline(30.0),
+            "deflate",
+        )
+    assert (error.value.status, error.value.detail) == (
+        413,
+        "the decompressed body exceeds the limit of 600000 bytes",
+    )
+
+
+@pytest.mark.parametrize(
+    ("coding", "body", "size"),
+    [(None, b"x" * 60, 60), ("deflate", zlib.compress(b"x" * 60), 60)],
+    ids=["chunked", "compressed"],
+)
+async def test_a_body_without_a_length_that_outgrows_the_budget_is_413_with_its_size(coding, body, size):
+    reservation = Reservation(MemoryBudget(100))
+    with pytest.raises(RequestError) as error:
+        await read_body(
+            receiver([body], [], reservation),
+            None,
+            BodyLimits(1000, 5.0),
+            reservation,
+            Deadline(30.0),
+            coding,
+        )
+    assert (error.value.status, error.value.detail) == (
+        413,
+        f"a body of {size} bytes cannot fit in the server's memory budget for requests",
+    )
+
+
+async def test_inflating_lets_the_loop_run_between_steps_without_waiting():
+    # Eight steps of 256 KiB: each hands the loop a turn (asyncio.sleep(0)), so another
+    # task advances between them, and none of them sleeps.
+    data = bytes(range(256)) * 8192
+    reservation = Reservation(MemoryBudget(20 << 20))
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.ensure_future(other())
+    try:
+        body = await asyncio.wait_for(
+            read_body(
+                receiver([zlib.compress(data)], [], reservation),
+                None,
+                BodyLimits(len(data), 5.0),
+                reservation,
+                Deadline(30.0),
+                "deflate",
+            ),
+            4.0,  # eight one-second sleeps would not fit
+        )
+    finally:
+        ticker.cancel()
+    assert body == data
+    assert turns >= 8

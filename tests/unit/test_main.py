@@ -179,3 +179,30 @@ def test_the_openapi_document_names_the_service():
         "description": "Exponential smoothing with learned per-channel alphas, micro-batched.",
     }
     assert built.swagger_ui_parameters == SWAGGER_UI_PARAMETERS
+
+
+def test_the_lifespan_drains_the_apps_own_state_on_sigterm():
+    import signal
+
+    import uvicorn
+
+    from app.serving import drain as drain_module
+
+    settings, drain = Settings(device="cpu", drain_s=5.0), DrainState()
+    built = create_app(settings, drain)
+    server = uvicorn.Server(uvicorn.Config(built))
+    saved = {sig: signal.signal(sig, server.handle_exit) for sig in drain_module.HANDLED_SIGNALS}
+
+    async def scenario() -> None:
+        async with built.router.lifespan_context(built):
+            handler = signal.getsignal(signal.SIGTERM)
+            assert handler != server.handle_exit  # the drain's, while the app runs
+            handler(signal.SIGTERM, None)  # type: ignore[operator, misc]
+            assert drain.active  # the state the routes and the middleware read
+            assert not server.should_exit  # not until the drain has run its course
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -6,6 +6,7 @@ tests/api/test_connections.py covers the same guards from a client's point of vi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import uvicorn
+from uvicorn.server import ServerState
 
 from app.serving import protocol
 from app.serving.protocol import ConnectionGuard
@@ -337,3 +339,171 @@ def test_refusals_are_logged_once_per_period_with_their_count(server, monkeypatc
     template = "max_connections (%d) open: refused %d connection(s) with 503"
     assert server.messages("convewma") == [template % (MAX_CONNECTIONS, 1), template % (MAX_CONNECTIONS, 3)]
     assert server.guard.refused_unlogged == 0
+
+
+# -- one connection driven read by read, without a socket ----------------------------------------
+# A socket cannot say how the server's reads split what a client sent; here each call to
+# data_received is one read, so the counting of header bytes per read is exact.
+
+
+async def ok_app(scope: object, receive: Callable[..., object], send: Callable[..., object]) -> None:
+    more = True
+    while more:
+        message = await receive()  # type: ignore[misc]
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})  # type: ignore[misc]
+    await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[misc]
+
+
+class Transport(asyncio.Transport):
+    """What the protocol writes, and whether it closed or half-closed the connection."""
+
+    def __init__(self, peer: tuple[str, int] | None) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written = bytearray()
+        self.closing = self.eof = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": self.peer, "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def reads(*chunks: bytes, peer: tuple[str, int] | None = ("127.0.0.1", 5000)) -> Transport:
+    """``chunks`` as the successive reads of one connection, each answered before the next."""
+
+    async def scenario() -> Transport:
+        config = uvicorn.Config(ok_app, lifespan="off", log_config=None)
+        config.load()
+        guarded = protocol.http_protocol(Settings(device="cpu", max_header_bytes=LIMIT))
+        connection = guarded(config=config, server_state=ServerState(), app_state={})
+        transport = Transport(peer)
+        connection.connection_made(transport)
+        for chunk in chunks:
+            connection.data_received(chunk)
+            await asyncio.sleep(0.05)  # the app answers what is complete
+        connection.connection_lost(None)
+        return transport
+
+    return asyncio.run(scenario())
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+BIG_POST = b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (2 * LIMIT, b"x" * 2 * LIMIT)
+
+
+def test_a_read_that_ends_a_request_is_not_counted_as_the_next_ones_headers():
+    # One read: a request with a body twice the header limit, then the start of the next.
+    transport = reads(BIG_POST + b"GET /g HTTP/1.1\r\nHost: t", b"\r\n\r\n")
+    assert bytes(transport.written) == OK + OK
+
+
+@pytest.mark.parametrize("peer", [("127.0.0.1", 5000), None], ids=["tcp", "no peer address"])
+def test_headers_too_large_behind_a_request_in_progress_close_after_its_answer(peer):
+    # The 431 cannot be sent in the middle of the first answer: that answer ends the
+    # connection instead, and what arrives after it is dropped.
+    too_large = b"GET /g HTTP/1.1\r\nHost: t\r\nX-Pad: %s\r\n\r\n" % (b"a" * LIMIT)
+    logs: list[tuple[str, str]] = []
+    log = logging.getLogger("uvicorn.error")  # uvicorn's own logging config may stop propagation
+    handler, level = ListHandler(logs), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING)
+    try:
+        transport = reads(BIG_POST + too_large, b"GET /h HTTP/1.1\r\nHost: t\r\n\r\n", peer=peer)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert bytes(transport.written) == OK.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
+    assert transport.closing
+    prefix = "127.0.0.1:5000 - " if peer else ""
+    assert logs == [("uvicorn.error", f"{prefix}431: request headers exceed {LIMIT} bytes")]
+
+
+def test_a_header_timeout_behind_a_slow_answer_waits_for_it_then_answers_408():
+    # The next request's headers stall while the first request is still being answered:
+    # uvicorn may not be reading then, so the header count starts again, and the 408 comes
+    # one header timeout after the first answer, not in the middle of it.
+    released = asyncio.Event()
+
+    async def slow_app(scope: object, receive: Callable[..., object], send: Callable[..., object]) -> None:
+        await released.wait()
+        await ok_app(scope, receive, send)
+
+    async def scenario() -> tuple[bytes, bytes]:
+        config = uvicorn.Config(slow_app, lifespan="off", log_config=None)
+        config.load()
+        guarded = protocol.http_protocol(Settings(device="cpu", header_timeout_s=0.2))
+        connection = guarded(config=config, server_state=ServerState(), app_state={})
+        transport = Transport(("127.0.0.1", 5000))
+        connection.connection_made(transport)
+        connection.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\nHost: t")
+        await asyncio.sleep(0.5)  # two header timeouts: both while the first is answered
+        during = bytes(transport.written)
+        released.set()
+        for _ in range(100):  # bounded: 2 s
+            await asyncio.sleep(0.02)
+            if b" 408 " in transport.written:
+                break
+        connection.connection_lost(None)
+        return during, bytes(transport.written)
+
+    during, written = asyncio.run(scenario())
+    assert during == b""
+    first, _, second = written.partition(b"ok")
+    assert first + b"ok" == OK
+    status_line, _, rest = second.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 408 Request Timeout"
+    assert rest.endswith(json.dumps({"detail": "request headers not complete within 0.2 s"}).encode())
+
+
+def test_the_idle_timer_armed_while_the_next_headers_arrive_does_not_close_the_connection():
+    # The first answer ends while the next request's headers are still arriving: uvicorn
+    # arms its keep-alive timer then. When it fires, a request is in progress (its header
+    # timer runs), so the connection stays open, and the request is answered.
+    released = asyncio.Event()
+
+    async def app(scope: object, receive: Callable[..., object], send: Callable[..., object]) -> None:
+        if scope["path"] == "/slow":  # type: ignore[index]
+            await released.wait()
+        await ok_app(scope, receive, send)
+
+    async def scenario() -> tuple[bytes, bool]:
+        config = uvicorn.Config(app, lifespan="off", log_config=None)
+        config.load()
+        settings = Settings(device="cpu", idle_timeout_s=0.1, header_timeout_s=5.0)
+        connection = protocol.http_protocol(settings)(config=config, server_state=ServerState(), app_state={})
+        transport = Transport(("127.0.0.1", 5000))
+        connection.connection_made(transport)
+        connection.data_received(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\nHost: t")
+        await asyncio.sleep(0.05)
+        released.set()  # the first answer ends: the idle timer is armed
+        await asyncio.sleep(0.3)  # and fires
+        closed_while_arriving = transport.closing
+        connection.data_received(b"\r\n\r\n")
+        await asyncio.sleep(0.05)
+        connection.connection_lost(None)
+        return bytes(transport.written), closed_while_arriving
+
+    written, closed_while_arriving = asyncio.run(scenario())
+    assert not closed_while_arriving
+    assert written == OK + OK

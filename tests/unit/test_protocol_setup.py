@@ -45,3 +45,16 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(lowered_soft_limit):
     lowered, hard = lowered_soft_limit
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == lowered
     assert raise_open_files_limit() == hard == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@pytest.mark.parametrize("error", [ValueError, OSError])
+def test_a_hard_limit_the_kernel_refuses_leaves_the_soft_limit_in_effect(monkeypatch, error):
+    # macOS: an unlimited hard limit that setrlimit refuses (ValueError or OSError by version).
+    limits = {resource.RLIMIT_NOFILE: (256, resource.RLIM_INFINITY)}
+
+    def refuse(which: int, wanted: tuple[int, int]) -> None:
+        raise error("not allowed")
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits[which])
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    assert raise_open_files_limit() == 256

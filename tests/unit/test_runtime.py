@@ -106,3 +106,23 @@ def test_glibc_is_found_on_linux():
     libc = runtime._glibc()
     assert libc is not None
     assert libc.malloc_trim(0) in (0, 1)
+
+
+@needs_glibc
+def test_only_a_free_heap_top_over_the_one_gibibyte_threshold_is_trimmed_on_free():
+    # The heap grows by address space alone (no page is touched), so 1.5 GiB costs nothing.
+    # Freed, it is a top chunk between the threshold (1 GiB) and twice it: glibc gives it
+    # back at once; a 64 MiB one stays for the next batch (the test above).
+    assert LIBC is not None
+    assert tune_allocator() is True
+    release_free_memory()
+    before = LIBC.mallinfo2()
+    block = LIBC.malloc(3 << 29)
+    assert block
+    try:
+        grown = LIBC.mallinfo2()
+        assert grown.hblks == before.hblks  # from the heap, not an mmap of its own
+        assert grown.arena >= before.arena + (3 << 29)
+    finally:
+        LIBC.free(block)
+    assert LIBC.mallinfo2().arena < grown.arena - (1 << 30)

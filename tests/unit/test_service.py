@@ -534,3 +534,65 @@ async def test_every_option_reaches_the_model(service, options):
     assert actual.shape == expected.shape
     np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))  # the same outputs missing
     assert max_relative_error(np.nan_to_num(actual), np.nan_to_num(expected)) <= TOLERANCE[dtype.name]
+
+
+def test_the_weights_are_loaded_onto_the_services_device(monkeypatch):
+    from app.serving import service as service_module
+
+    devices: list[object] = []
+    real = service_module.load_weights
+
+    def recording(path: object, **kwargs: Any) -> Any:
+        devices.append(kwargs.get("device", "not given"))
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service_module, "load_weights", recording)
+    service = SmoothingService(Settings(device="cpu"), ServiceMetrics())
+    assert devices == [service.device] == [torch.device("cpu")]
+
+
+class HostTensor:
+    """A batch as the forward thread receives it, noting how it is moved to the device."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.calls: list[tuple[object, ...]] = []
+
+    def pin_memory(self) -> HostTensor:
+        self.calls.append(("pin_memory",))
+        return self
+
+    def to(self, *args: object, **kwargs: object) -> torch.Tensor:
+        self.calls.append(("to", args, kwargs))
+        return self.tensor  # no card here (none is lent): the model stays on the CPU
+
+
+async def test_on_cuda_a_batch_is_pinned_and_copied_without_blocking(service):
+    x = torch.tensor([[1.0, float("nan"), 3.0, 4.0]])
+    options = SmoothOptions("zeros", "decay")
+    expected = service.forward(x, options)
+    host = HostTensor(x)
+    service.device = torch.device("cuda", 0)
+    smoothed = service.forward(host, options)  # type: ignore[arg-type]
+    assert host.calls == [("pin_memory",), ("to", (torch.device("cuda", 0),), {"non_blocking": True})]
+    torch.testing.assert_close(smoothed, expected, rtol=0, atol=0, equal_nan=True)
+
+
+async def test_warm_up_runs_every_warmup_gaps_and_dtype_once_with_a_gap(service, monkeypatch):
+    from app.core.ewma import GAP_MODES, WARMUP_MODES
+    from app.serving.options import DTYPES
+
+    seen: list[tuple[str, str, str]] = []
+
+    def forward(x: torch.Tensor, options: SmoothOptions) -> torch.Tensor:
+        assert str(x.dtype) == f"torch.{options.dtype}"
+        assert bool(x.isnan().any())  # the gap path
+        assert bool(x.isfinite().any())  # and the plain one
+        seen.append((options.warmup, options.gaps, options.dtype))
+        return x
+
+    monkeypatch.setattr(service, "forward", forward)
+    service.warm_up()
+    assert sorted(seen) == sorted(
+        (warmup, gaps, dtype) for warmup in WARMUP_MODES for gaps in GAP_MODES for dtype in DTYPES
+    )

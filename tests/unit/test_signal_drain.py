@@ -5,6 +5,7 @@ by tests/integration/test_launchers.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from collections.abc import Iterator
@@ -137,3 +138,69 @@ def test_exit_zero_server_does_not_re_raise_the_signal(first):
     server.handle_exit(signal.SIGINT, None)
     assert server.force_exit  # a second Ctrl+C: do not wait for open connections
     assert server._captured_signals == []  # what uvicorn re-raises after shutting down
+
+
+def test_a_drain_shorter_than_a_second_still_takes_over_the_signals(server):
+    async def scenario() -> None:
+        async with SignalDrain(DrainState(), drain_s=0.5) as signals:
+            assert signal.getsignal(signal.SIGTERM) == signals.handle_signal
+
+    asyncio.run(scenario())
+
+
+def test_without_a_server_the_drain_says_so_at_debug_level():
+    async def scenario() -> None:
+        async with SignalDrain(DrainState(), drain_s=5):
+            pass
+
+    # A handler on the logger itself: a CLI test may have configured it not to propagate.
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    level = drain.logger.level
+    drain.logger.addHandler(handler)
+    drain.logger.setLevel(logging.DEBUG)
+    try:
+        asyncio.run(scenario())
+    finally:
+        drain.logger.removeHandler(handler)
+        drain.logger.setLevel(level)
+    assert [(r.levelno, r.getMessage()) for r in records] == [
+        (logging.DEBUG, "no uvicorn server handles SIGTERM here: no drain on signals")
+    ]
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["convewma serve", "another launcher"])
+def test_the_drain_logs_to_convewma_when_it_is_configured_else_to_uvicorns_error_log(monkeypatch, configured):
+    monkeypatch.setattr(drain.logger, "hasHandlers", lambda: configured)
+    signals = SignalDrain(DrainState(), drain_s=5)
+    assert signals.log is (drain.logger if configured else logging.getLogger("uvicorn.error"))
+
+
+def test_leaving_in_the_middle_of_a_drain_stops_it_quietly_and_restores_uvicorn(server):
+    state = DrainState()
+
+    async def scenario() -> None:
+        async with SignalDrain(state, drain_s=30) as signals:
+            signal.raise_signal(signal.SIGTERM)
+            await asyncio.sleep(0.05)  # the watch is running
+            assert signals._watch is not None
+            assert not signals._watch.done()
+            watch = signals._watch
+        assert watch.cancelled()
+        assert signal.getsignal(signal.SIGTERM) == server.handle_exit
+        assert not server.should_exit  # the drain never handed the signal on
+
+    asyncio.run(scenario())
+    assert state.active
+
+
+def test_only_a_uvicorn_servers_own_handler_counts(server):
+    # Another callable on SIGINT (a plain function, or a method of something else) is not
+    # a server: SIGTERM's uvicorn handler alone is found.
+    def plain(sig: int, frame: object) -> None:
+        raise AssertionError("not called")
+
+    for other in (plain, DrainState().begin):
+        signal.signal(signal.SIGINT, other)  # type: ignore[arg-type]
+        assert running_uvicorn_server() == (server, {signal.SIGTERM: server.handle_exit})

@@ -67,3 +67,24 @@ def test_the_threads_are_named_after_the_pool_and_do_not_hold_up_exit():
     assert pool.submit(0.0, lambda: threading.current_thread().daemon).result(timeout=10)
     pool.shutdown()
     assert pool.closed
+
+
+def test_while_shutting_down_the_backlog_is_still_the_wait_of_what_is_queued():
+    pool = OldestFirstPool(workers=1, name="test")
+    gate = threading.Event()
+    blocker = pool.submit(0.0, gate.wait, 10)
+    stopping = threading.Thread(target=pool.shutdown)
+    stopping.start()  # queues the stop behind the running call and waits for it
+    time.sleep(0.05)
+    assert 0.0 < pool.longest_wait() < 5.0  # not the time since the clock's origin
+    gate.set()
+    stopping.join(timeout=10)
+    assert blocker.result(timeout=1) is True
+    assert not stopping.is_alive()
+
+
+def test_a_new_pool_is_open():
+    pool = OldestFirstPool(workers=1, name="test")
+    assert pool.closed is False
+    pool.shutdown()
+    assert pool.closed is True
