@@ -349,35 +349,3 @@ async def test_a_body_without_a_length_that_outgrows_the_budget_is_413_with_its_
         413,
         f"a body of {size} bytes cannot fit in the server's memory budget for requests",
     )
-
-
-async def test_inflating_lets_the_loop_run_between_steps_without_waiting():
-    # Eight steps of 256 KiB: each hands the loop a turn (asyncio.sleep(0)), so another
-    # task advances between them, and none of them sleeps.
-    data = bytes(range(256)) * 8192
-    reservation = Reservation(MemoryBudget(20 << 20))
-    turns = 0
-
-    async def other() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.ensure_future(other())
-    try:
-        body = await asyncio.wait_for(
-            read_body(
-                receiver([zlib.compress(data)], [], reservation),
-                None,
-                BodyLimits(len(data), 5.0),
-                reservation,
-                Deadline(30.0),
-                "deflate",
-            ),
-            4.0,  # eight one-second sleeps would not fit
-        )
-    finally:
-        ticker.cancel()
-    assert body == data
-    assert turns >= 8
