@@ -545,3 +545,14 @@ def test_batches_are_formed_up_to_each_limit_inclusive(monkeypatch, limits, leng
 
     run(scenario())
     assert shapes == [(1, 1), *expected_shapes]
+
+
+def test_stopping_twice_is_harmless():
+    async def scenario() -> None:
+        batcher = MicroBatcher(model_forward, BatchLimits())
+        await batcher.start()
+        await batcher.submit([np.ones(3, np.float32)], "zeros")
+        await batcher.stop()
+        await batcher.stop()  # a second shutdown path (lifespan and a signal) finds nothing to do
+
+    run(scenario())
