@@ -218,3 +218,88 @@ def history_tail_reference(
     if total <= reach:
         return values.copy()
     return values[total - (reach + (total - reach) % stride) :]
+
+
+# --- Irregular timestamps (issue 12): decay by elapsed time ---
+
+
+def smooth_times_reference(
+    x: np.ndarray,
+    times: np.ndarray,
+    alpha: float,
+    kernel_size: int,
+    warmup: str = "zeros",
+    normalize: bool = True,
+    *,
+    time_unit: float = 1.0,
+    gaps: str = "decay",
+    min_periods: int = 1,
+    dilation: int = 1,
+    stride: int = 1,
+    max_gap: float | None = None,
+) -> np.ndarray:
+    """``smooth_reference`` with lag weights decayed by elapsed time: (ceil(T / stride),).
+
+    ``times`` (T,) strictly increasing. Lag ``k`` of step ``t`` weighs
+    ``v = (1 - alpha) ** ((tau_t - tau_m) / time_unit)`` with ``m = t - k d``; ``alpha``
+    is per ``time_unit``. In ``zeros`` mode a position ``m < 0`` is an observed zero at
+    ``tau_0 + m * time_unit`` (the grid continued backwards). A lag older than ``max_gap``
+    (``tau_t - tau_m > max_gap``) is out of the window. ``y_t = sum v x / sum v`` over the
+    window; raw ``zeros``: ``alpha * sum v x``. ``gaps="skip"``: the observed values with
+    their own times, as if adjacent; a missing position repeats the output before it.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    tau = np.asarray(times, dtype=np.float64)
+    length = x.shape[0]
+    if gaps == "skip":
+        observed = np.flatnonzero(~np.isnan(x))
+        compact = smooth_times_reference(
+            x[observed],
+            tau[observed],
+            alpha,
+            kernel_size,
+            warmup,
+            normalize,
+            time_unit=time_unit,
+            min_periods=min_periods,
+            dilation=dilation,
+            max_gap=max_gap,
+        )
+        full = np.full(length, np.nan)
+        full[observed] = compact
+        for t in range(1, length):
+            if np.isnan(x[t]):
+                full[t] = full[t - 1]
+        return full[::stride]
+    if gaps != "decay":
+        raise ValueError(gaps)
+    out = np.empty(length)
+    for t in range(length):
+        numerator = denominator = 0.0
+        real = 0
+        for k in range(kernel_size):
+            m = t - k * dilation
+            if m < 0 and warmup != "zeros":
+                continue
+            at = tau[0] + m * time_unit if m < 0 else tau[m]
+            if max_gap is not None and tau[t] - at > max_gap:
+                continue
+            if m >= 0 and np.isnan(x[m]):
+                continue
+            weight = (1.0 - alpha) ** ((tau[t] - at) / time_unit)
+            denominator += weight
+            if m >= 0:
+                numerator += weight * x[m]
+                real += 1
+        if real < max(1, min_periods):
+            out[t] = np.nan
+        elif warmup == "adjust" or normalize:
+            out[t] = numerator / denominator
+        else:
+            out[t] = alpha * numerator
+    return out[::stride]
+
+
+def halflife_of(alpha: float, time_unit: float = 1.0) -> float:
+    """The half-life, in seconds, of a factor ``alpha`` per ``time_unit`` seconds."""
+    return time_unit * float(np.log(0.5) / np.log1p(-alpha))
