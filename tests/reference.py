@@ -106,6 +106,17 @@ def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 # --- Real-world series (issue 10): gaps, min_periods, dilation, stride, continuation ---
 
 
+def held(x: np.ndarray, observed: np.ndarray, compact: np.ndarray) -> np.ndarray:
+    """``gaps="skip"``: the outputs ``compact`` of the observed positions, each repeated at the
+    missing positions after it (NaN before the first observation)."""
+    full = np.full(x.shape[0], np.nan)
+    full[observed] = compact
+    for t in range(1, x.shape[0]):
+        if np.isnan(x[t]):
+            full[t] = full[t - 1]
+    return full
+
+
 def smooth_reference(
     x: np.ndarray,
     alpha: float,
@@ -134,13 +145,7 @@ def smooth_reference(
         compact = smooth_reference(
             x[observed], alpha, kernel_size, warmup, normalize, min_periods=min_periods, dilation=dilation
         )
-        full = np.full(length, np.nan)
-        for j, position in enumerate(observed):
-            full[position] = compact[j]
-        for t in range(1, length):
-            if np.isnan(x[t]):
-                full[t] = full[t - 1]
-        return full[::stride]
+        return held(x, observed, compact)[::stride]
     if gaps != "decay":
         raise ValueError(gaps)
     weights = alpha * (1.0 - alpha) ** np.arange(kernel_size, dtype=np.float64)
@@ -265,12 +270,7 @@ def smooth_times_reference(
             dilation=dilation,
             max_gap=max_gap,
         )
-        full = np.full(length, np.nan)
-        full[observed] = compact
-        for t in range(1, length):
-            if np.isnan(x[t]):
-                full[t] = full[t - 1]
-        return full[::stride]
+        return held(x, observed, compact)[::stride]
     if gaps != "decay":
         raise ValueError(gaps)
     out = np.empty(length)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from app.core.filters import START_BANK_LIMIT, Filter, exact_start, smooth, start_bank
 from app.core.gaps import prestart_mass
+from app.core.timed import TimeDecay, check_times, smooth_times
 
 Warmup = Literal["zeros", "adjust"]
 WARMUP_MODES: tuple[str, ...] = get_args(Warmup)
@@ -88,6 +89,8 @@ class ConvEWMA(nn.Module):
         normalize: divide the ``"zeros"`` output by the kernel sum so that weights add to 1.
         warmup: ``"zeros"`` or ``"adjust"``; how the first ``K - 1`` outputs are treated.
         dilation: lag between taps ``d`` (>= 1), a property of a trained model.
+        time_unit: seconds per step of ``alpha`` when ``forward`` is given ``times``: lag ``k``
+            then weighs ``(1 - alpha) ** (age / time_unit)``, ``age`` its elapsed seconds.
         eps: keeps every alpha inside ``[eps, 1 - eps]``; 0 < eps < 0.5.
         dropout: channel-dropout probability in training mode (whole channels are
             zeroed and the rest scaled by ``1 / (1 - p)``); 0 <= p < 1.
@@ -119,6 +122,7 @@ class ConvEWMA(nn.Module):
         normalize: bool = True,
         warmup: str = "zeros",
         dilation: int = 1,
+        time_unit: float = 1.0,
         eps: float = 1e-6,
         dropout: float = 0.0,
         alpha: float | Sequence[float] = 0.5,
@@ -135,6 +139,12 @@ class ConvEWMA(nn.Module):
         ):
             raise ValueError(f"kernel_size must be an integer in [1, {MAX_KERNEL_SIZE}], got {kernel_size!r}")
         _positive_int("dilation", dilation)
+        if (
+            isinstance(time_unit, bool)
+            or not isinstance(time_unit, (int, float))
+            or not 0 < time_unit < math.inf
+        ):
+            raise ValueError(f"time_unit must be a finite number of seconds > 0, got {time_unit!r}")
         if not isinstance(eps, (int, float)) or not 0.0 < eps < 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {eps!r}")
         if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
@@ -152,6 +162,7 @@ class ConvEWMA(nn.Module):
         self.normalize = bool(normalize)
         self.warmup: Warmup = check_warmup(warmup)
         self.dilation = dilation
+        self.time_unit = float(time_unit)
         self.eps = float(eps)
         self.dropout = float(dropout)
         self._initial_alpha = initial
@@ -211,8 +222,14 @@ class ConvEWMA(nn.Module):
         gaps: str = "decay",
         min_periods: int = 1,
         stride: int = 1,
+        times: Tensor | None = None,
+        max_gap: float | None = None,
     ) -> Tensor:
-        """Smooth ``x`` (NaN = missing); ``warmup`` overrides the layer's mode for this call."""
+        """Smooth ``x`` (NaN = missing); ``warmup`` overrides the layer's mode for this call.
+
+        ``times`` ``(N, T)``, strictly increasing seconds: each lag decays by the time that
+        passed (``time_unit``); a lag older than ``max_gap`` seconds is out of the window.
+        """
         mode = self.warmup if warmup is None else check_warmup(warmup)
         gap_mode = check_gaps(gaps)
         if isinstance(min_periods, bool) or not isinstance(min_periods, int):
@@ -230,6 +247,9 @@ class ConvEWMA(nn.Module):
             )
         if x.shape[-1] == 0:
             return x.new_empty(x.shape[0], self.channels, 0)
+        if times is not None or max_gap is not None:
+            y = self._smooth_times(x, times, mode, gap_mode, min_periods, max_gap)
+            return y if stride == 1 else y[..., ::stride].contiguous()
         # Row maxima and minima are NaN where a row holds a NaN: two fast reductions
         # instead of a boolean pass, and one number (one sync) for the common case.
         top, bottom = x.detach().amax(dim=-1), x.detach().amin(dim=-1)
@@ -248,10 +268,29 @@ class ConvEWMA(nn.Module):
             # exactly, as in pandas.
             exact = self._filter("adjust", torch.float64, x.device)
             y = exact_start(x, y, exact, gap_mode, min_periods, gaps_possible=gappy is not None)
+        y = self._channel_dropout(y)
+        return y if stride == 1 else y[..., ::stride].contiguous()
+
+    def _smooth_times(
+        self, x: Tensor, times: Tensor | None, mode: str, gaps: str, min_periods: int, max_gap: float | None
+    ) -> Tensor:
+        if times is None:
+            raise ValueError("max_gap needs times")
+        if max_gap is not None and (isinstance(max_gap, bool) or not 0 < max_gap <= math.inf):
+            raise ValueError(f"max_gap must be a number of seconds > 0, got {max_gap!r}")
+        tau = check_times(times, x)
+        work = torch.promote_types(x.dtype, torch.float32)  # half precision powers lose the tail
+        options = TimeDecay(
+            self.kernel_size, self.dilation, mode, self.normalize, min_periods, self.time_unit, max_gap
+        )
+        y = smooth_times(x.to(work), tau, self._alphas_in(work), options, gaps).to(x.dtype)
+        return self._channel_dropout(y)
+
+    def _channel_dropout(self, y: Tensor) -> Tensor:
         if self.training and self.dropout > 0.0:
             keep = torch.rand(self.channels, device=y.device) >= self.dropout
             y = y * (keep.to(y.dtype) / (1.0 - self.dropout)).view(1, -1, 1)
-        return y if stride == 1 else y[..., ::stride].contiguous()
+        return y
 
     def _filter(self, mode: str, dtype: torch.dtype, device: torch.device) -> Filter:
         """Taps, fold ratios and warm-up rescaling for one call.
@@ -302,4 +341,5 @@ class ConvEWMA(nn.Module):
         return (
             f"channels={self.channels}, kernel_size={self.kernel_size}, normalize={self.normalize}, "
             f"warmup={self.warmup!r}, dilation={self.dilation}, eps={self.eps}, dropout={self.dropout}"
+            + (f", time_unit={self.time_unit}" if self.time_unit != 1.0 else "")
         )
