@@ -174,6 +174,20 @@ def receiver(
     return receive
 
 
+async def refusal(
+    chunks: list[bytes],
+    declared: int | None,
+    max_bytes: int,
+    reservation: Reservation,
+    coding: str | None = None,
+) -> tuple[int, str]:
+    """Status and detail of the ``RequestError`` that reading ``chunks`` as one body raises."""
+    receive, limits = receiver(chunks, [], reservation), BodyLimits(max_bytes, 5.0)
+    with pytest.raises(RequestError) as error:
+        await read_body(receive, declared, limits, reservation, Deadline(30.0), coding)
+    return error.value.status, error.value.detail
+
+
 @pytest.mark.parametrize(
     ("declared", "held_before_each_piece"),
     [
@@ -201,11 +215,7 @@ async def test_a_body_is_reserved_twice_while_it_streams_in_then_once(declared, 
 )
 async def test_a_body_over_the_limit_is_413(declared, chunks, message):
     reservation = Reservation(MemoryBudget(1000))
-    with pytest.raises(RequestError) as error:
-        await read_body(
-            receiver(chunks, [], reservation), declared, BodyLimits(10, 5.0), reservation, Deadline(30.0)
-        )
-    assert (error.value.status, error.value.detail) == (413, message)
+    assert await refusal(chunks, declared, 10, reservation) == (413, message)
 
 
 async def test_a_compressed_body_is_reserved_and_limited_by_its_decompressed_size():
@@ -220,16 +230,7 @@ async def test_a_compressed_body_is_reserved_and_limited_by_its_decompressed_siz
     # The declared (compressed) size twice, then twice the decompressed bytes so far.
     assert held == [2 * len(compressed), 2 * len(compressed)]
     assert reservation.held == 40
-    with pytest.raises(RequestError) as error:
-        await read_body(
-            receiver([compressed], [], reservation),
-            None,
-            BodyLimits(39, 5.0),
-            reservation,
-            Deadline(30.0),
-            "deflate",
-        )
-    assert (error.value.status, error.value.detail) == (
+    assert await refusal([compressed], None, 39, reservation, "deflate") == (
         413,
         "the decompressed body exceeds the limit of 39 bytes",
     )
@@ -238,11 +239,7 @@ async def test_a_compressed_body_is_reserved_and_limited_by_its_decompressed_siz
 async def test_a_body_the_budget_cannot_hold_is_413_alone_and_503_beside_others():
     budget = MemoryBudget(100)
     reservation = Reservation(budget)
-    with pytest.raises(RequestError) as error:
-        await read_body(
-            receiver([b"x"], [], reservation), 51, BodyLimits(1000, 5.0), reservation, Deadline(30.0)
-        )
-    assert (error.value.status, error.value.detail) == (
+    assert await refusal([b"x"], 51, 1000, reservation) == (
         413,
         "a body of 51 bytes cannot fit in the server's memory budget for requests",
     )
@@ -314,16 +311,7 @@ async def test_the_decompressed_size_is_the_sum_of_all_steps():
     # Each step is under the limit; together they are over it.
     data = bytes(range(256)) * 4096  # 1 MiB, four steps of 256 KiB
     reservation = Reservation(MemoryBudget(10 << 20))
-    with pytest.raises(RequestError) as error:
-        await read_body(
-            receiver([zlib.compress(data)], [], reservation),
-            None,
-            BodyLimits(600_000, 5.0),
-            reservation,
-            Deadline(30.0),
-            "deflate",
-        )
-    assert (error.value.status, error.value.detail) == (
+    assert await refusal([zlib.compress(data)], None, 600_000, reservation, "deflate") == (
         413,
         "the decompressed body exceeds the limit of 600000 bytes",
     )
@@ -336,16 +324,7 @@ async def test_the_decompressed_size_is_the_sum_of_all_steps():
 )
 async def test_a_body_without_a_length_that_outgrows_the_budget_is_413_with_its_size(coding, body, size):
     reservation = Reservation(MemoryBudget(100))
-    with pytest.raises(RequestError) as error:
-        await read_body(
-            receiver([body], [], reservation),
-            None,
-            BodyLimits(1000, 5.0),
-            reservation,
-            Deadline(30.0),
-            coding,
-        )
-    assert (error.value.status, error.value.detail) == (
+    assert await refusal([body], None, 1000, reservation, coding) == (
         413,
         f"a body of {size} bytes cannot fit in the server's memory budget for requests",
     )
