@@ -151,6 +151,7 @@ def test_time_unit_must_be_a_positive_number_of_seconds(time_unit):
 
 def test_the_time_unit_shows_in_the_repr_when_it_is_not_one_second():
     assert "time_unit" not in repr(ConvEWMA(1, 4))
-    assert repr(ConvEWMA(1, 4, time_unit=60.0)).endswith("dropout=0.0, time_unit=60.0)\n)") or (
-        "time_unit=60.0" in repr(ConvEWMA(1, 4, time_unit=60.0))
+    assert ConvEWMA(1, 4, time_unit=60.0).extra_repr() == (
+        "channels=1, kernel_size=4, normalize=True, warmup='zeros', dilation=1, eps=1e-06, dropout=0.0, "
+        "time_unit=60.0"
     )
