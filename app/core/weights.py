@@ -40,6 +40,7 @@ class ModelCard:
     warmup: str
     eps: float
     dilation: int = 1
+    time_unit: float = 1.0
     training_data: str = ""
     final_loss: float | None = None
     created_at: str = ""
@@ -55,6 +56,7 @@ class ModelCard:
             warmup=self.warmup,
             eps=repr(self.eps),
             dilation=str(self.dilation),
+            time_unit=repr(self.time_unit),
             training_data=self.training_data,
             final_loss="" if self.final_loss is None else repr(self.final_loss),
             created_at=self.created_at,
@@ -76,6 +78,8 @@ def save_weights(model: ConvEWMA, card: ModelCard, path: str | Path) -> None:
         raise ValueError(f"{len(card.channels)} channel names for {model.channels} channels")
     if card.dilation != model.dilation:
         raise ValueError(f"the card says dilation {card.dilation}, the model has {model.dilation}")
+    if card.time_unit != model.time_unit:
+        raise ValueError(f"the card says time_unit {card.time_unit}, the model has {model.time_unit}")
     logits = model.logits.detach().to("cpu", torch.float32).contiguous()
     blob = save({TENSOR_KEY: logits}, metadata=card.to_metadata())
     Path(path).write_bytes(_canonical_layout(blob))
@@ -136,6 +140,8 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         # Files written before dilation existed have no key: their taps are adjacent.
         dilation_text = metadata.get("dilation", "1")
         dilation = int(dilation_text) if dilation_text.isdigit() else -1
+        # Files written before times existed have no key: their alphas are per second.
+        time_unit = float(metadata.get("time_unit", "1.0"))
         loss_text = metadata.get("final_loss", "")
         final_loss = float(loss_text) if loss_text else None
     except (ValueError, json.JSONDecodeError) as exc:
@@ -157,6 +163,8 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         raise WeightsError(
             f"{path}: dilation {metadata.get('dilation')!r} is not an integer in [1, {MAX_DILATION}]"
         )
+    if not (math.isfinite(time_unit) and time_unit > 0.0):
+        raise WeightsError(f"{path}: time_unit {metadata.get('time_unit')!r} is not a number of seconds > 0")
     known = {
         "format_version",
         "channels",
@@ -165,6 +173,7 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         "warmup",
         "eps",
         "dilation",
+        "time_unit",
         "training_data",
         "final_loss",
         "created_at",
@@ -176,6 +185,7 @@ def _parse_card(metadata: dict[str, str], path: Path) -> ModelCard:
         warmup=warmup,
         eps=eps,
         dilation=dilation,
+        time_unit=time_unit,
         training_data=metadata.get("training_data", ""),
         final_loss=final_loss,
         created_at=metadata.get("created_at", ""),
@@ -219,6 +229,7 @@ def load_weights(
         normalize=card.normalize,
         warmup=card.warmup,
         dilation=card.dilation,
+        time_unit=card.time_unit,
         eps=card.eps,
         device=device,
         dtype=dtype,

@@ -128,6 +128,11 @@ def with_meta(**changes: str | None) -> dict[str, str]:
         ({"logits": torch.zeros(2)}, with_meta(dilation="-2"), "dilation '-2' is not an integer"),
         ({"logits": torch.zeros(2)}, with_meta(dilation="1.5"), "dilation '1.5' is not an integer"),
         ({"logits": torch.zeros(2)}, with_meta(dilation=str(2**20 + 1)), "is not an integer in [1, 1048576]"),
+        ({"logits": torch.zeros(2)}, with_meta(time_unit="0"), "time_unit '0' is not a number of secon"),
+        ({"logits": torch.zeros(2)}, with_meta(time_unit="-1.0"), "time_unit '-1.0' is not a number of"),
+        ({"logits": torch.zeros(2)}, with_meta(time_unit="inf"), "time_unit 'inf' is not a number of"),
+        ({"logits": torch.zeros(2)}, with_meta(time_unit="nan"), "time_unit 'nan' is not a number of"),
+        ({"logits": torch.zeros(2)}, with_meta(time_unit="1 s"), "malformed metadata"),
     ],
 )
 def test_invalid_files_are_refused_with_reason(tmp_path, tensors, metadata, message):
@@ -191,4 +196,19 @@ def test_dilation_round_trips_and_old_files_load_undilated(tmp_path):
     path = write(tmp_path / "old.safetensors", {"logits": torch.zeros(2)}, old)
     assert load_weights(path).model.dilation == 1
     with pytest.raises(ValueError, match="the card says dilation 1, the model has 5"):
+        save_weights(layer, CARD, tmp_path / "mismatch.safetensors")
+
+
+def test_time_unit_round_trips_and_old_files_load_per_second(tmp_path):
+    layer = ConvEWMA(2, 8, time_unit=60.0, alpha=[0.3, 0.6])
+    card = ModelCard(("a", "b"), kernel_size=8, normalize=True, warmup="zeros", eps=1e-6, time_unit=60.0)
+    save_weights(layer, card, tmp_path / "minutes.safetensors")
+    loaded = load_weights(tmp_path / "minutes.safetensors")
+    assert (loaded.card.time_unit, loaded.model.time_unit) == (60.0, 60.0)
+    assert read_weights_file(tmp_path / "minutes.safetensors").metadata["time_unit"] == "60.0"
+    old = good_metadata()
+    old.pop("time_unit", None)  # as written before times existed
+    path = write(tmp_path / "old.safetensors", {"logits": torch.zeros(2)}, old)
+    assert load_weights(path).model.time_unit == 1.0
+    with pytest.raises(ValueError, match=r"the card says time_unit 1\.0, the model has 60\.0"):
         save_weights(layer, CARD, tmp_path / "mismatch.safetensors")
