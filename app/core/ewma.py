@@ -51,6 +51,15 @@ def _near_the_maximum(x: Tensor, peak: float, top: Tensor, bottom: Tensor, gappy
     return bool(known.amax().double() > limit) or bool(known.amin().double() < -limit)
 
 
+def _beyond(x: Tensor, limit: float) -> bool:
+    """Whether any input's magnitude exceeds ``limit`` (missing values aside)."""
+    low, high = torch.aminmax(x.detach())
+    peak = max(-float(low), float(high))
+    if math.isnan(peak):  # a missing value: the extremes of the known ones
+        peak = float(x.detach().nan_to_num(nan=0.0).abs().amax())
+    return peak > limit
+
+
 def equivalents(alpha: float, kernel_size: int) -> dict[str, float]:
     """pandas' ``span``, ``halflife`` and ``com`` for ``alpha``, and the kernel mass that
     K taps drop, ``(1 - alpha)^K``."""
@@ -280,6 +289,10 @@ class ConvEWMA(nn.Module):
             raise ValueError(f"max_gap must be a number of seconds > 0, got {max_gap!r}")
         tau = check_times(times, x)
         work = torch.promote_types(x.dtype, torch.float32)  # half precision powers lose the tail
+        if work != torch.float64 and _beyond(x, torch.finfo(work).max / (2 * self.kernel_size)):
+            # The window sums weigh up to K values before they are divided: near the
+            # largest finite value they would overflow in the narrow dtype.
+            work = torch.float64
         options = TimeDecay(
             self.kernel_size, self.dilation, mode, self.normalize, min_periods, self.time_unit, max_gap
         )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.core import timed
 from app.core.ewma import ConvEWMA
 from tests.reference import max_relative_error, smooth_times_reference
 
@@ -155,3 +156,60 @@ def test_the_time_unit_shows_in_the_repr_when_it_is_not_one_second():
         "channels=1, kernel_size=4, normalize=True, warmup='zeros', dilation=1, eps=1e-06, dropout=0.0, "
         "time_unit=60.0"
     )
+
+
+@pytest.mark.parametrize("kernel_size", [1, 2, 3, 5, 13, 16, 31, 32])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(("max_gap", "gaps"), [(None, "decay"), (2.5, "decay"), (None, "skip")])
+def test_every_kernel_size_matches_the_reference_without_autograd(kernel_size, channels, max_gap, gaps):
+    # The window of K lags is the blocks of K's binary digits; one channel scales the ages
+    # once, a bank at every level; without autograd the sums are written in place.
+    x, times = batch(5, 2, 80, missing=0.2)
+    alphas = ALPHAS[:channels]
+    layer = ConvEWMA(channels, kernel_size, alpha=alphas, warmup="adjust", dilation=2, dtype=torch.float64)
+    with torch.no_grad():
+        got = layer(torch.tensor(x), gaps=gaps, times=torch.tensor(times), max_gap=max_gap)
+    options = {"warmup": "adjust", "dilation": 2, "max_gap": max_gap, "gaps": gaps}
+    rows = [
+        [smooth_times_reference(r, t, a, kernel_size, **options) for a in layer.alphas.tolist()]
+        for r, t in zip(x, times, strict=True)
+    ]  # type: ignore[arg-type]
+    assert_close(got, np.array(rows), torch.float64)
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.3])
+def test_rows_smoothed_a_chunk_at_a_time_equal_rows_smoothed_at_once(monkeypatch, missing):
+    x, times = batch(6, 9, 60, missing=missing)
+    layer = ConvEWMA(2, K, alpha=[0.1, 0.5], dtype=torch.float64)
+    inputs, tau = torch.tensor(x, dtype=torch.float32), torch.tensor(times)
+    with torch.no_grad():
+        whole = layer(inputs, times=tau)
+        monkeypatch.setattr(timed, "_CPU_CHUNK_VALUES", 2 * 60)  # two rows per chunk, the last alone
+        chunked = layer(inputs, times=tau)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0, equal_nan=True)
+    assert_close(chunked, expected(x, times, layer.alphas.tolist()), torch.float32)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_window_whose_observed_lags_are_all_too_old_for_float32_is_computed_in_float64(grad):
+    # alpha 0.9 per second: a lag 60 s old weighs 1e-60, below float32's range. The output
+    # after a minute of missing values is still the mean of the values before it.
+    x = np.array([[1.0, 3.0] + [np.nan] * 5])
+    times = np.array([[0.0, 1.0, 20.0, 30.0, 40.0, 50.0, 61.0]])
+    layer = ConvEWMA(1, 8, alpha=0.9, warmup="adjust", dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        got = layer(torch.tensor(x, dtype=torch.float32), times=torch.tensor(times))
+    wanted = expected(x, times, layer.alphas.tolist(), warmup="adjust")
+    assert np.isfinite(wanted).all()
+    assert_close(got, wanted, torch.float32)
+
+
+def test_values_near_the_float32_maximum_do_not_overflow():
+    big = float(np.finfo(np.float32).max) * 0.9
+    x = np.array([[big, big, -big, big]])
+    times = np.array([[0.0, 0.5, 1.5, 2.0]])
+    layer = ConvEWMA(1, 4, alpha=0.1, normalize=False, dtype=torch.float64)
+    with torch.no_grad():
+        got = layer(torch.tensor(x, dtype=torch.float32), times=torch.tensor(times))
+    assert torch.isfinite(got).all()
+    assert_close(got, expected(x, times, layer.alphas.tolist(), normalize=False), torch.float32)
