@@ -19,7 +19,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
-from app.api import jsonfields
+from app.api import jsonfields, jsontimes
 from app.api.jsonbody import Body
 from app.api.jsonscan import COMMA, count_byte
 from app.api.schemas import RequestError, RequestLimits, SmoothJob
@@ -29,7 +29,20 @@ from app.serving.options import DTYPES, PAIRINGS, DType, Pairing
 # Up to this size one orjson call on the whole body is shorter than the scan's fixed cost
 # (about 0.1 ms) and still holds the GIL well under a millisecond.
 SMALL_BODY_BYTES = 64 * 1024
-FIELDS = ("series", "history", "channels", "pairing", "warmup", "gaps", "min_periods", "dtype", "stride")
+FIELDS = (
+    "series",
+    "history",
+    "channels",
+    "pairing",
+    "warmup",
+    "gaps",
+    "min_periods",
+    "dtype",
+    "stride",
+    "times",
+    "history_times",
+    "max_gap",
+)
 _UNREAD = object()
 
 
@@ -50,16 +63,17 @@ def encode_smooth_response(
     model_version: str,
     chunk_bytes: int = 1 << 20,
     history: Sequence[np.ndarray] | None = None,
+    history_times: Sequence[np.ndarray] | None = None,
 ) -> Iterator[bytes]:
     """``encode_json({"smoothed": smoothed, "channels": ..., ...})`` in chunks of about ``chunk_bytes``
-    (with ``"history": history`` last when given).
+    (with ``"history": history`` and then ``"history_times"`` last when given).
 
     ``smoothed[i]`` has shape (channels, length). Each orjson call encodes one row, so
     none holds the GIL long, and the chunks join to exactly the bytes of one call.
     """
     pieces: list[bytes] = []
     size = 0
-    for piece in _response_pieces(smoothed, channels, alphas, model_version, history):
+    for piece in _response_pieces(smoothed, channels, alphas, model_version, history, history_times):
         pieces.append(piece)
         size += len(piece)
         if size >= chunk_bytes:
@@ -75,6 +89,7 @@ def _response_pieces(
     alphas: Sequence[float],
     model_version: str,
     history: Sequence[np.ndarray] | None,
+    history_times: Sequence[np.ndarray] | None = None,
 ) -> Iterator[bytes]:
     yield b'{"smoothed":['
     for index, block in enumerate(smoothed):
@@ -89,11 +104,12 @@ def _response_pieces(
         yield b"]"
     yield b'],"channels":' + encode_json(list(channels)) + b',"alphas":' + encode_json(list(alphas))
     yield b',"model_version":' + encode_json(model_version)
-    if history is not None:
-        yield b',"history":['
-        for index, row in enumerate(history):
-            yield (b"," if index else b"") + encode_json(np.ascontiguousarray(row))
-        yield b"]"
+    for name, rows in ((b"history", history), (b"history_times", history_times)):
+        if rows is not None:
+            yield b',"' + name + b'":['
+            for index, row in enumerate(rows):
+                yield (b"," if index else b"") + encode_json(np.ascontiguousarray(row))
+            yield b"]"
     yield b"}"
 
 
@@ -123,7 +139,7 @@ def _job(parts: Body, limits: RequestLimits, names: tuple[str, ...], document: A
         raise RequestError(422, f"the body must be a JSON object, got {type(document).__name__}")
     unknown = sorted(set(document) - set(FIELDS))
     if unknown:
-        expected = ", ".join(f"'{field}'" for field in FIELDS)
+        expected = ", ".join(FIELDS)  # unquoted: with the 40 characters quoted, under 200
         raise RequestError(422, f"unknown field(s) {parts.show(unknown)}; expected {expected}")
     if "series" not in document:
         raise RequestError(422, "'series' is required")
@@ -146,11 +162,25 @@ def _job(parts: Body, limits: RequestLimits, names: tuple[str, ...], document: A
     min_periods = jsonfields.integer(document, "min_periods", 0, None, show)
     stride = jsonfields.integer(document, "stride", 1, limits.max_length, show) or 1
     dtype = jsonfields.choice(document, "dtype", DTYPES, show) or "float32"
+    raw_times, raw_history_times = document.get("times"), document.get("history_times")
+    shaped_times, shaped_history_times = _time_shapes(parts, document, len(raw), shaped_history)
+    max_gap = jsontimes.max_gap(document, parts)
+    if max_gap is not None and shaped_times is None:
+        raise RequestError(422, "'max_gap' needs 'times'")
     # Every other field is checked before any number is parsed: a bad request costs little.
     numbers = np.float64 if dtype == "float64" else np.float32
     series = parts.arrays(shaped, "series", numbers)
     history = None if shaped_history is None else parts.arrays(shaped_history, "history", numbers)
-    used = {parts.span_of(item) for item in [*raw, *(raw_history or ())]}
+    times = history_times = None
+    if shaped_times is not None:
+        times = jsontimes.arrays(parts, shaped_times, "times")
+        jsontimes.check_lengths(times, series, "times", "series")
+    if shaped_history_times is not None and history is not None and times is not None:
+        history_times = jsontimes.arrays(parts, shaped_history_times, "history_times")
+        jsontimes.check_lengths(history_times, history, "history_times", "history")
+        jsontimes.check_join(history_times, times)
+    lists = [*raw, *(raw_history or ()), *(raw_times or ()), *(raw_history_times or ())]
+    used = {parts.span_of(item) for item in lists}
     for index in range(len(parts.spans)):
         if index not in used:  # a value overwritten by a repeated key must still be JSON
             parts.validate(index)
@@ -164,7 +194,27 @@ def _job(parts: Body, limits: RequestLimits, names: tuple[str, ...], document: A
         min_periods=1 if min_periods is None else min_periods,
         dtype=cast(DType, dtype),
         stride=stride,
+        times=times,
+        history_times=history_times,
+        max_gap=max_gap,
     )
+
+
+def _time_shapes(
+    parts: Body, document: dict[str, Any], count: int, shaped_history: list[int | list[Any]] | None
+) -> tuple[list[int | list[Any]] | None, list[int | list[Any]] | None]:
+    """``times`` and ``history_times`` checked for shape, and for each other and the history."""
+    raw_times, raw_history_times = document.get("times"), document.get("history_times")
+    times = None if raw_times is None else jsontimes.shapes(parts, raw_times, "times", count, "series")
+    if raw_history_times is None:
+        if times is not None and shaped_history is not None:
+            raise RequestError(422, "'history' with 'times' needs 'history_times': the times of its values")
+        return times, None
+    if times is None:
+        raise RequestError(422, "'history_times' needs 'times'")
+    if shaped_history is None:
+        raise RequestError(422, "'history_times' needs 'history'")
+    return times, jsontimes.shapes(parts, raw_history_times, "history_times", count, "histories")
 
 
 def _history_shapes(parts: Body, raw: Any, count: int) -> list[int | list[Any]]:

@@ -47,6 +47,7 @@ def smooth_response(
         result.model_version,
         ENCODE_CHUNK_BYTES,
         result.history,
+        result.history_times,
     )
     if result.values <= STREAM_VALUES:
         response = Response(b"".join(chunks), media_type=JSON)

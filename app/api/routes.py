@@ -103,6 +103,8 @@ async def alphas(request: Request) -> Response:
             "warmup": service.model.warmup,
             "model_version": service.model_version,
             **service.equivalents,
+            "time_unit": service.model.time_unit,
+            "halflife_seconds": [service.model.time_unit * h for h in service.equivalents["halflife"]],
         }
     )
 

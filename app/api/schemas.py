@@ -56,6 +56,9 @@ class SmoothJob:
     min_periods: int = 1  # >= 0; the service checks it against the kernel size
     dtype: DType = "float32"
     stride: int = 1
+    times: list[np.ndarray] | None = None  # float64 seconds, one per series, strictly increasing
+    history_times: list[np.ndarray] | None = None  # with times and history: one per history
+    max_gap: float | None = None  # seconds; only with times
 
 
 NUMBERS = "numbers or null (a missing value)"
@@ -111,6 +114,25 @@ class SmoothRequest(BaseModel):
         "that of history + series without the history's outputs, and carries the history for the "
         "next chunk",
     )
+    times: list[list[float | str]] | None = Field(
+        None,
+        description="one list per series, as long as it: the time of each value, strictly increasing, "
+        "as seconds (any epoch) or RFC 3339 strings with a UTC offset (2024-05-01T12:00:00.25Z, "
+        "microseconds at most). Each lag then decays by the time that passed: weight (1 - alpha) ** "
+        "(age / time_unit), alpha per time_unit seconds (GET /alphas); time-aware requests batch only "
+        "with each other",
+    )
+    history_times: list[list[float | str]] | None = Field(
+        None,
+        description="with 'times' and 'history': the times of each history's values, before the "
+        "series' first time (the previous answer's history_times)",
+    )
+    max_gap: float | None = Field(
+        None,
+        gt=0,
+        description="seconds, with 'times': a lag older than this is out of the window (a reset after "
+        "an outage); an output whose window then holds no observation is null",
+    )
 
 
 class SmoothResponse(BaseModel):
@@ -130,6 +152,11 @@ class SmoothResponse(BaseModel):
         description="only when the request had a history: for each series, the raw tail of history "
         "+ series to send as the next request's history",
     )
+    history_times: list[list[float]] | None = Field(
+        None,
+        description="only when the request had a history and times: the times of that tail, in "
+        "seconds, to send as the next request's history_times",
+    )
 
 
 class AlphasResponse(BaseModel):
@@ -144,7 +171,11 @@ class AlphasResponse(BaseModel):
     warmup: Warmup
     model_version: str
     span: list[float] = Field(description="pandas' ewm span of each alpha: 2 / alpha - 1")
-    halflife: list[float] = Field(description="pandas' ewm halflife: log(0.5) / log(1 - alpha)")
+    halflife: list[float] = Field(description="pandas' ewm halflife: log(0.5) / log(1 - alpha), in steps")
+    time_unit: float = Field(
+        description="seconds per step of alpha for requests with 'times': alpha is per time_unit seconds"
+    )
+    halflife_seconds: list[float] = Field(description="with 'times': time_unit * halflife seconds")
     com: list[float] = Field(description="pandas' ewm center of mass: 1 / alpha - 1")
     truncated_mass: list[float] = Field(
         description="the kernel mass the K taps drop, (1 - alpha)^K; above 0.01, a larger K or "

@@ -38,3 +38,33 @@ def history_tail(
         return np.concatenate([np.full(phase, np.nan, dtype=values.dtype), kept])
     keep = total if total <= reach else reach + (total - reach) % stride
     return values[total - keep :].copy()
+
+
+def timed_tail(
+    values: np.ndarray,
+    times: np.ndarray,
+    kernel_size: int,
+    *,
+    dilation: int = 1,
+    gaps: Gaps = "decay",
+    stride: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``history`` and ``history_times`` for the next chunk after ``values`` at ``times``.
+
+    A contiguous suffix, so that every kept value keeps its own time: ``decay``, the
+    ``(K-1)d`` values an output sees back (as :func:`history_tail`); ``skip``, from the
+    ``(K-1)d + 1``-th last observation on (missing values between them included, as they
+    take no part). Lengthened so that its length is congruent to the full one's under
+    ``stride``. A window after it never reaches before it: neither the values nor the
+    zeros before the start (on the grid continued back from its first time) change.
+    """
+    reach = (kernel_size - 1) * dilation
+    total = values.shape[0]
+    if gaps == "skip":
+        observed = np.flatnonzero(~np.isnan(values))
+        start = int(observed[max(0, observed.shape[0] - reach - 1)]) if observed.size else total
+    else:
+        start = max(0, total - reach)
+    keep = total - start
+    keep += (total - keep) % stride
+    return values[total - keep :].copy(), times[total - keep :].copy()

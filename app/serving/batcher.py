@@ -1,15 +1,17 @@
 """Work-conserving dynamic micro-batching of smoothing requests.
 
-Requests carry one or more ragged 1-D series.  They are split into pieces that fit a
-batch, queued, and run by one loop: whenever the model is idle and work is queued, the
-loop takes the oldest piece plus the queued pieces with an equal key (the request's
-options) closest to it in length that fit the limits, right-pads them with zeros into one
-``(N, T)`` tensor of the series' own dtype (the convolution is causal, so right padding
-cannot change an output, and a zero is not a missing value), runs ``forward(x, key)`` in a
-worker thread, trims and hands each piece its rows.  Grouping by length keeps padding
-low; the oldest piece always leads a batch, so no piece starves.  A lone request on an
-idle server runs at once; while a batch runs, arrivals queue and form the next one.  A
-failing forward fails the pieces of that batch only.
+Requests carry one or more ragged series: 1-D arrays, or arrays whose last axis is time
+(a time-aware row is ``(2, T)``: values and times), of one shape but the last per key.
+They are split into pieces that fit a batch, queued, and run by one loop: whenever the
+model is idle and work is queued, the loop takes the oldest piece plus the queued pieces
+with an equal key (the request's options) closest to it in length that fit the limits,
+right-pads them with zeros into one ``(N, ..., T)`` array of the series' own dtype (the
+convolution is causal, so right padding cannot change an output, and a zero is not a
+missing value), runs ``forward(x, key)`` in a worker thread, trims and hands each piece
+its rows.  Grouping by length keeps padding low; the oldest piece always leads a batch,
+so no piece starves.  A lone request on an idle server runs at once; while a batch runs,
+arrivals queue and form the next one.  A failing forward fails the pieces of that batch
+only.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 K = TypeVar("K", bound=Hashable)  # the batch key: pieces share a forward only if equal
-# (N, T), key -> (N, C, T_out), with T_out = output_length(key, T)
+# (N, ..., T), key -> (N, C, T_out), with T_out = output_length(key, T)
 Forward = Callable[[torch.Tensor, K], torch.Tensor]
 
 # Below this many padded values a forward costs less than the per-batch overhead (thread
@@ -90,11 +92,11 @@ class _Piece(Generic[K]):
     # Cached: the loop re-reads these for every queued piece on every wake-up.
     @cached_property
     def values(self) -> int:
-        return sum(len(s) for s in self.series)
+        return int(sum(s.shape[-1] for s in self.series))
 
     @cached_property
     def longest(self) -> int:
-        return max(len(s) for s in self.series)
+        return int(max(s.shape[-1] for s in self.series))
 
 
 def split_request(series: Sequence[np.ndarray], limits: BatchLimits) -> list[list[np.ndarray]]:
@@ -103,10 +105,10 @@ def split_request(series: Sequence[np.ndarray], limits: BatchLimits) -> list[lis
     current: list[np.ndarray] = []
     longest = 0
     for values in series:
-        count, widest = len(current) + 1, max(longest, len(values))
+        count, widest = len(current) + 1, max(longest, values.shape[-1])
         if current and (count > limits.max_batch_size or count * widest > limits.max_batch_values):
             pieces.append(current)
-            current, widest = [], len(values)
+            current, widest = [], values.shape[-1]
         current.append(values)
         longest = widest
     pieces.append(current)
@@ -159,13 +161,13 @@ class MicroBatcher(Generic[K]):
         self._executor.shutdown(wait=True)
 
     async def submit(self, series: Sequence[np.ndarray], key: K) -> list[np.ndarray]:
-        """Smooth ``series`` (1-D arrays of one dtype) with the options ``key``; returns one
+        """Smooth ``series`` (arrays of one dtype, time last) with the options ``key``; returns one
         ``(C, output_length(key, len))`` array each."""
         if self._closed:
             raise BatcherClosedError("the server is shutting down")
         if not series:
             return []
-        values = sum(len(s) for s in series)
+        values = sum(s.shape[-1] for s in series)
         if self._queued_values + values > self.limits.max_queue_values:
             raise QueueFullError(
                 f"{self._queued_values} values are queued; {values} more would exceed "
@@ -256,7 +258,7 @@ class MicroBatcher(Generic[K]):
 
     async def _execute(self, batch: list[_Piece[K]]) -> None:
         rows = [s for piece in batch for s in piece.series]
-        lengths = [len(s) for s in rows]
+        lengths = [s.shape[-1] for s in rows]
         started = time.perf_counter()
         wait = started - batch[0].enqueued_at
         self.in_flight += 1
@@ -305,12 +307,13 @@ class MicroBatcher(Generic[K]):
         is still sending, beyond what the memory budget counts for that request; for
         the same reason a batch shared by several pieces is always copied out.
         """
-        lengths = [len(s) for s in rows]
+        lengths = [s.shape[-1] for s in rows]
         longest = max(lengths)
-        # Equal keys mean equal dtypes: float64 stays float64 from the request to the answer.
-        padded = np.zeros((len(rows), longest), dtype=rows[0].dtype)
+        # Equal keys mean equal dtypes (and equal leading shapes): float64 stays float64
+        # from the request to the answer.
+        padded = np.zeros((len(rows), *rows[0].shape[:-1], longest), dtype=rows[0].dtype)
         for index, values in enumerate(rows):
-            padded[index, : len(values)] = values
+            padded[index, ..., : values.shape[-1]] = values
         with torch.inference_mode():
             result = self._forward(torch.from_numpy(padded), key)
             output = result.cpu().numpy()

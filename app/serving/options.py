@@ -2,8 +2,9 @@
 
 ``SmoothOptions`` is frozen and hashable, and it is the batch key: the batcher only puts
 series with equal options in one forward, so warm-up modes, gap modes, ``min_periods``,
-precisions and strides never mix. How series pair with channels is not part of it: every
-batch runs the whole filter bank and the service picks the channels afterwards.
+precisions, strides and time-aware requests (with their ``max_gap``) never mix. How series
+pair with channels is not part of it: every batch runs the whole filter bank and the service
+picks the channels afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class SmoothOptions:
     min_periods: int = 1
     dtype: DType = "float32"
     stride: int = 1
+    # Time-aware: each row is (values, times); such batches never mix with plain ones.
+    timed: bool = False
+    max_gap: float | None = None
 
     @property
     def numpy_dtype(self) -> type[np.floating]:

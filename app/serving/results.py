@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.api.schemas import RequestError, SmoothJob
-from app.core.continuation import first_output, history_tail
+from app.core.continuation import first_output, history_tail, timed_tail
 from app.core.ewma import Warmup
 from app.serving.options import SmoothOptions
 
@@ -21,6 +21,7 @@ class SmoothResult:
     model_version: str
     values: int  # output values, for choosing how to encode
     history: list[np.ndarray] | None = None  # the next chunk's history per series, if one was sent
+    history_times: list[np.ndarray] | None = None  # and its times, if times were sent
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,30 @@ def options_for(job: SmoothJob, kernel_size: int, warmup: Warmup) -> SmoothOptio
             422,
             f"'min_periods' must be an integer in 0..{kernel_size} (the kernel size), got {job.min_periods}",
         )
-    return SmoothOptions(job.warmup or warmup, job.gaps, job.min_periods, job.dtype, job.stride)
+    timed = job.times is not None
+    return SmoothOptions(
+        job.warmup or warmup, job.gaps, job.min_periods, job.dtype, job.stride, timed, job.max_gap
+    )
 
 
 def rows_of(job: SmoothJob) -> list[np.ndarray]:
-    """What the batch smooths: each series after its history."""
-    if job.history is None:
-        return job.series
-    return [np.concatenate([before, values]) for before, values in zip(job.history, job.series, strict=True)]
+    """What the batch smooths: each series after its history; with times, ``(2, T)``
+    float64 rows of values and times."""
+    series = job.series
+    if job.history is not None:
+        pairs = zip(job.history, series, strict=True)
+        series = [np.concatenate([before, values]) for before, values in pairs]
+    if job.times is None:
+        return series
+    times = job.times
+    if job.history_times is not None:
+        joined = zip(job.history_times, times, strict=True)
+        times = [np.concatenate([before, stamps]) for before, stamps in joined]
+    rows = zip(series, times, strict=True)
+    return [np.stack([values.astype(np.float64), stamps]) for values, stamps in rows]
+
+
+Tails = tuple[list[np.ndarray] | None, list[np.ndarray] | None]  # history, history_times
 
 
 def finish(
@@ -55,7 +72,7 @@ def finish(
     options: SmoothOptions,
     reach: Reach,
     model_channels: int,
-) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+) -> tuple[list[np.ndarray], Tails]:
     """The answer's rows for every series (copies only where channels are picked) and, with
     a history, the tails; a 422 naming the first series whose outputs overflow."""
     selection = None if job.channels == list(range(model_channels)) else np.asarray(job.channels)
@@ -74,12 +91,19 @@ def finish(
                 422, f"series[{index}]: the smoothed values overflow {options.dtype}; scale the input down"
             )
         smoothed.append(output)
+    return smoothed, _tails(rows, job, options, reach)
+
+
+def _tails(rows: list[np.ndarray], job: SmoothJob, options: SmoothOptions, reach: Reach) -> Tails:
+    """With a history: the next chunk's history (and its times, with times) per series."""
     if job.history is None:
-        return smoothed, None
-    tails = [
-        history_tail(
-            row, reach.kernel_size, dilation=reach.dilation, gaps=options.gaps, stride=options.stride
-        )
+        return None, None
+    size, dilation, gaps, stride = reach.kernel_size, reach.dilation, options.gaps, options.stride
+    if not options.timed:
+        return [history_tail(row, size, dilation=dilation, gaps=gaps, stride=stride) for row in rows], None
+    dtype = options.numpy_dtype
+    pairs = [
+        timed_tail(row[0].astype(dtype), row[1], size, dilation=dilation, gaps=gaps, stride=stride)
         for row in rows
     ]
-    return smoothed, tails
+    return [values for values, _ in pairs], [times for _, times in pairs]

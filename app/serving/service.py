@@ -9,6 +9,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import numpy as np
@@ -57,6 +58,20 @@ class Ticket:
 
 
 logger = logging.getLogger("convewma")
+
+
+def padded_times(times: torch.Tensor) -> torch.Tensor:
+    """A batch's times ``(N, T)`` with each row's right padding (zeros after its strictly
+    increasing times) replaced by times that go on increasing, one second apart: a causal
+    window never reads them, but they must be valid times."""
+    if times.shape[-1] < 2:
+        return times
+    later = times[:, 1:] > times[:, :-1]
+    ends = torch.where(later.all(dim=1), times.shape[-1], (~later).int().argmax(dim=1) + 1)  # padding starts
+    positions = torch.arange(times.shape[-1], device=times.device)
+    last = times.gather(1, (ends - 1).unsqueeze(1))
+    going_on = last + (positions - ends.unsqueeze(1) + 1).to(times.dtype)
+    return torch.where(positions < ends.unsqueeze(1), times, going_on)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,12 +145,21 @@ class SmoothingService:
         )
 
     def forward(self, x: torch.Tensor, options: SmoothOptions) -> torch.Tensor:
-        """(N, T) on the CPU (NaN = missing) to (N, C, ceil(T / stride)) on the CPU, in the
-        input's dtype; runs in the batcher's thread."""
+        """(N, T) on the CPU (NaN = missing), or (N, 2, T) float64 values and times, to
+        (N, C, ceil(T / stride)) on the CPU, in the options' dtype; runs in the batcher's thread."""
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
+        times = None
+        if options.timed:
+            x, times = x[:, 0].to(getattr(torch, options.dtype)), padded_times(x[:, 1])
         smoothed: torch.Tensor = self.model(
-            x, options.warmup, gaps=options.gaps, min_periods=options.min_periods, stride=options.stride
+            x,
+            options.warmup,
+            gaps=options.gaps,
+            min_periods=options.min_periods,
+            stride=options.stride,
+            times=times,
+            max_gap=options.max_gap,
         )
         return smoothed.cpu()
 
@@ -149,6 +173,8 @@ class SmoothingService:
                         x[0, 3] = float("nan")
                         options = SmoothOptions(warmup, gaps, dtype=dtype)  # type: ignore[arg-type]
                         self.forward(x, options)
+                        timed = torch.stack([x.double(), torch.arange(64.0).expand(2, 64)], dim=1)
+                        self.forward(timed, replace(options, timed=True))
 
     async def start(self) -> None:
         # The event loop needs the GIL for every socket read; with the codec thread
@@ -220,6 +246,10 @@ class SmoothingService:
         # About 0.4 ms per MiB: off the loop too, unless the body is small.
         values_bound = await self.codec_call(deadline, count_values_upper_bound, body, inline=inline)
         needed = parse_bytes(len(body), values_bound, len(self.channels))
+        if b'"times"' in body or b'"history_times"' in body:
+            # RFC 3339 strings become Python strings while their list is read: about three
+            # times their bytes in the body, beyond what a number costs.
+            needed += 3 * len(body)
         reserve(reservation, needed, self._too_big(needed, reservation))
         limits = RequestLimits(self.settings.max_series, self.settings.max_length)
         return await self.codec_call(deadline, parse_smooth_body, body, limits, self.channels, inline=inline)
@@ -233,14 +263,15 @@ class SmoothingService:
         # Pairing each takes a view of one channel; a choice of channels is a copy of them.
         copied = model_channels if job.pairing == "each" else len(job.channels)
         itemsize = np.dtype(options.numpy_dtype).itemsize
-        needed = result_bytes(
-            values, model_channels, copied, itemsize, inputs=1 if job.history is None else 2
-        )
+        inputs = 1 if job.history is None else 2
+        if options.timed:  # the times, and the (2, T) float64 rows of values and times
+            inputs += -(-3 * 8 // itemsize)
+        needed = result_bytes(values, model_channels, copied, itemsize, inputs=inputs)
         # Less than step 2 held, except for float64 or a history: then it may take more.
         reserve(reservation, needed, self._too_big(needed, reservation))
         outputs = await asyncio.wait_for(self.batcher.submit(rows, options), deadline.check())
         width = 1 if job.pairing == "each" else len(job.channels)
-        smoothed, history = await self.codec_call(
+        smoothed, (history, history_times) = await self.codec_call(
             deadline,
             finish,
             outputs,
@@ -258,6 +289,7 @@ class SmoothingService:
             model_version=self.model_version,
             values=sum(block.size for block in smoothed),
             history=history,
+            history_times=history_times,
         )
 
     @staticmethod

@@ -330,6 +330,9 @@ async def test_openapi_documents_every_field_with_enums():
         "min_periods",
         "dtype",
         "stride",
+        "times",
+        "history_times",
+        "max_gap",
     }
     for name, prop in properties.items():
         assert prop.get("description"), name
@@ -337,5 +340,7 @@ async def test_openapi_documents_every_field_with_enums():
     for name, values in enums.items():
         assert properties[name]["enum"] == values, name
     assert (properties["min_periods"]["minimum"], properties["stride"]["minimum"]) == (0, 1)
+    assert properties["max_gap"]["anyOf"][0]["exclusiveMinimum"] == 0
     alphas = schema["components"]["schemas"]["AlphasResponse"]["properties"]
     assert {"dilation", "receptive_field", "span", "halflife", "com", "truncated_mass"} <= set(alphas)
+    assert {"time_unit", "halflife_seconds"} <= set(alphas)

@@ -556,3 +556,32 @@ def test_stopping_twice_is_harmless():
         await batcher.stop()  # a second shutdown path (lifespan and a signal) finds nothing to do
 
     run(scenario())
+
+
+def test_rows_with_a_leading_axis_are_padded_on_time_only_and_counted_by_their_length():
+    # A time-aware row is (2, T): values over times. Its values count T, not 2T, and the
+    # batch is (N, 2, T) with zeros after each row's end.
+    rng = np.random.default_rng(3)
+    rows = [np.stack([rng.normal(size=n), np.arange(1.0, n + 1)]) for n in (5, 9, 2)]
+    seen: list[np.ndarray] = []
+    stats: list[BatchStats] = []
+
+    def forward(x: torch.Tensor, key: str) -> torch.Tensor:
+        seen.append(x.numpy().copy())
+        return (x[:, :1] + x[:, 1:]).expand(-1, 3, -1)  # (N, C = 3, T): values + times
+
+    async def scenario():
+        batcher = MicroBatcher(forward, BatchLimits(max_batch_values=27), on_batch=stats.append)
+        await batcher.start()
+        result = await batcher.submit(rows, "timed")
+        await batcher.stop()
+        return result
+
+    result = run(scenario())
+    assert [s.shape for s in seen] == [(3, 2, 9)]  # 27 values: one batch, 3 x 9 padded
+    for index, row in enumerate(rows):
+        np.testing.assert_array_equal(seen[0][index, :, : row.shape[1]], row)
+        assert not seen[0][index, :, row.shape[1] :].any()
+        np.testing.assert_array_equal(result[index], np.repeat(row[:1] + row[1:], 3, axis=0))
+    assert (stats[0].values, stats[0].padded_values) == (16, 27)
+    assert [len(p) for p in split_request(rows, BatchLimits(max_batch_values=18))] == [2, 1]

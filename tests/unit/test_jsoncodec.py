@@ -463,6 +463,9 @@ def test_float64_keeps_float64_values() -> None:
         b'{"series": [[1]], "channels": [["%s"]]}',
         b'{"series": [[1]], "x": "%s',
         b'{"series": [[1, %s]]}',
+        b'{"series": [[1]], "times": [["%s"]]}',
+        b'{"series": [[1]], "times": [[%s]]}',
+        b'{"series": [[1]], "times": [[1]], "max_gap": "%s"}',
     ],
 )
 def test_error_messages_quote_little_of_a_long_input(template: bytes) -> None:
@@ -592,8 +595,11 @@ def test_missing_outputs_are_null_and_history_comes_last(dtype: str, chunk_bytes
 
 # --- exact messages and defaults, on both paths ---------------------------------------------
 
-EXPECTED_FIELDS = (
-    "'series', 'history', 'channels', 'pairing', 'warmup', 'gaps', 'min_periods', 'dtype', 'stride'"
+EXPECTED_FIELDS = ", ".join(
+    [
+        *("series", "history", "channels", "pairing", "warmup", "gaps", "min_periods", "dtype", "stride"),
+        *("times", "history_times", "max_gap"),
+    ]
 )
 NOT_ONE = "is not one of ['fast', 'mid', 'a\"[b]', 'é{x},\\\\'] or 0..3"
 EXACT = [

@@ -26,7 +26,7 @@ def test_all_channels_are_the_batch_rows_themselves_and_a_choice_is_a_copy():
     options = SmoothOptions("zeros")
     every = SmoothJob(series=series, channels=[0, 1, 2], warmup=None)
     (whole,), tails = finish(outputs, series, every, options, Reach(4, 1), C)
-    assert tails is None
+    assert tails == (None, None)
     assert np.shares_memory(whole, outputs[0])  # no copy of an answer as large as the batch's
     np.testing.assert_array_equal(whole, outputs[0])
     chosen = SmoothJob(series=series, channels=[2, 0], warmup=None)
@@ -46,7 +46,10 @@ def test_a_history_is_dropped_from_the_answer_and_the_tail_follows_the_reach(dil
     rows = rows_of(job)
     for row, before, values in zip(rows, history, series, strict=True):
         np.testing.assert_array_equal(row, np.concatenate([before, values]))
-    smoothed, tails = finish(batch_outputs(rows, stride), rows, job, options, Reach(kernel_size, dilation), C)
+    smoothed, (tails, tail_times) = finish(
+        batch_outputs(rows, stride), rows, job, options, Reach(kernel_size, dilation), C
+    )
+    assert tail_times is None
     for row, before, answer in zip(rows, history, smoothed, strict=True):
         first = -(-len(before) // stride)  # outputs at positions 0, s, 2s, ... from the history's start
         np.testing.assert_array_equal(answer, 2 * row[::stride][None, first:])
@@ -54,6 +57,46 @@ def test_a_history_is_dropped_from_the_answer_and_the_tail_follows_the_reach(dil
     for row, tail in zip(rows, tails, strict=True):
         expected = history_tail_reference(row, kernel_size, dilation=dilation, gaps=gaps, stride=stride)
         np.testing.assert_array_equal(tail, expected)
+
+
+@pytest.mark.parametrize(("dilation", "stride"), [(1, 1), (2, 3)])
+@pytest.mark.parametrize("gaps", ["decay", "skip"])
+def test_with_times_rows_are_values_over_times_and_the_tails_keep_each_value_with_its_time(
+    dilation, stride, gaps
+):
+    history = [np.array([1.0, np.nan, 3.0, 4.0, 5.0, 6.0, np.nan], np.float32), np.array([], np.float32)]
+    history_times = [np.arange(7.0) * 2.0, np.array([])]
+    series = [np.arange(10.0, 22.0, dtype=np.float32), np.array([7.0, np.nan, 9.0], np.float32)]
+    times = [100.0 + np.arange(12.0), 50.0 + np.arange(3.0) * 0.5]
+    job = SmoothJob(
+        series, [1], None, history, gaps=gaps, stride=stride, times=times, history_times=history_times
+    )
+    options = options_for(job, 4, "zeros")
+    assert (options.timed, options.max_gap) == (True, None)
+    rows = rows_of(job)
+    for row, before, values, before_t, stamps in zip(
+        rows, history, series, history_times, times, strict=True
+    ):
+        assert row.dtype == np.float64
+        np.testing.assert_array_equal(row[0], np.concatenate([before, values]))
+        np.testing.assert_array_equal(row[1], np.concatenate([before_t, stamps]))
+    _, (tails, tail_times) = finish(batch_outputs(rows, stride), rows, job, options, Reach(4, dilation), C)
+    assert tails is not None
+    assert tail_times is not None
+    for row, tail, tail_time in zip(rows, tails, tail_times, strict=True):
+        assert tail.dtype == np.float32
+        keep = len(tail)
+        np.testing.assert_array_equal(
+            tail, row[0, len(row[0]) - keep :]
+        )  # a suffix, each value with its time
+        np.testing.assert_array_equal(tail_time, row[1, len(row[1]) - keep :])
+        assert (len(row[0]) - keep) % stride == 0  # the phase of the strided outputs is kept
+        observed = np.count_nonzero(~np.isnan(tail))
+        reach = 3 * dilation
+        if gaps == "decay":
+            assert keep >= min(len(row[0]), reach)
+        else:
+            assert observed >= min(np.count_nonzero(~np.isnan(row[0])), reach + 1)
 
 
 def test_a_history_must_pair_with_the_series():
