@@ -69,32 +69,52 @@ def smooth_times(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay, gap
 
 
 def _decaying(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Tensor:
-    """``x`` ``(N, S, T)`` at times ``tau`` ``(N, 1 or S, T)``, a few rows at a time on CPU."""
+    """``x`` ``(N, S, T)`` at times ``tau`` ``(N, 1 or S, T)``; on CPU without autograd a
+    cache-sized piece at a time: a few rows, or a stretch of one long row after the
+    ``(K - 1) d`` values its first window reaches back to (which also bounds the workspace)."""
     grad = torch.is_grad_enabled() and (x.requires_grad or alphas.requires_grad)
-    rows = max(1, _CPU_CHUNK_VALUES // (x.shape[1] * x.shape[2]))
-    if grad or x.is_cuda or rows >= x.shape[0]:
+    batch, inputs, length = x.shape
+    span = max(1, _CPU_CHUNK_VALUES // max(inputs, alphas.shape[0]))  # positions per piece
+    if grad or x.is_cuda or batch * length <= span:
         return _windows(x, tau, alphas, options)
-    out = x.new_empty(x.shape[0], alphas.shape[0], x.shape[2])
-    for first in range(0, x.shape[0], rows):
-        _windows(
-            x[first : first + rows], tau[first : first + rows], alphas, options, out[first : first + rows]
-        )
+    out = x.new_empty(batch, alphas.shape[0], length)
+    reach = (options.kernel_size - 1) * options.dilation
+    if length <= span:
+        rows = span // length
+        for first in range(0, batch, rows):
+            chunk = slice(first, first + rows)
+            _windows(x[chunk], tau[chunk], alphas, options, out[chunk])
+        return out
+    stretch = max(span, 4 * reach)
+    for row in range(batch):
+        for start in range(0, length, stretch):
+            lead = min(start, reach)
+            inside, piece = slice(start - lead, start + stretch), slice(start, start + stretch)
+            part = out[row : row + 1, :, piece]
+            _windows(x[row : row + 1, :, inside], tau[row : row + 1, :, inside], alphas, options, part, lead)
     return out
 
 
-def _windows(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay, out: Tensor | None = None) -> Tensor:
-    """``x`` ``(N, S, T)`` at times ``tau`` ``(N, 1 or S, T)``: the windows by doubling."""
+def _windows(
+    x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay, out: Tensor | None = None, lead: int = 0
+) -> Tensor:
+    """``x`` ``(N, S, T)`` at times ``tau`` ``(N, 1 or S, T)``: the windows by doubling, for
+    the positions after the first ``lead`` (0, or ``(K - 1) d`` values of real history)."""
     o = options
     batch, _, length = x.shape
-    history = (o.kernel_size - 1) * o.dilation
+    length -= lead
+    history = (o.kernel_size - 1) * o.dilation  # where the outputs start
+    pad = history - lead
     observed = ~torch.isnan(x)
     complete = bool(observed.all())
     raw = o.warmup == "zeros" and not o.normalize
-    # The positions before the start: zeros on the grid continued backwards, observed
-    # (in the denominator only) in zeros mode and absent in adjust mode.
-    before = torch.arange(-history, 0, device=x.device, dtype=torch.float64) * o.time_unit
-    tau = torch.cat((tau[..., :1] + before, tau), dim=-1)
-    z = _padded_inputs(x, observed, complete, raw, o.warmup, history)
+    given = tau
+    if pad:
+        # The positions before the start: zeros on the grid continued backwards, observed
+        # (in the denominator only) in zeros mode and absent in adjust mode.
+        before = torch.arange(-pad, 0, device=x.device, dtype=torch.float64) * o.time_unit
+        tau = torch.cat((tau[..., :1] + before, tau), dim=-1)
+    z = _padded_inputs(x, observed, complete, raw, o.warmup, pad)
     top = o.kernel_size.bit_length() - 1
     count = top + (o.kernel_size != 2**top)  # (a window of K lags then ends with a shorter block)
     scale = (torch.log1p(-alphas) / o.time_unit).view(1, -1, 1)  # the gradient flows from here
@@ -115,7 +135,8 @@ def _windows(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay, out: Te
         windows = doubling.window(sums, ages, weigh, o.kernel_size, o.dilation, history)
     else:
         windows = doubling.ragged_window(sums, ages, weigh, lags, o.dilation, history)
-    valid = _real_lags(observed, complete, lags, o, history) >= max(1, o.min_periods)
+    del sums, ages
+    valid = _real_lags(observed, complete, lags, o, pad) >= max(1, o.min_periods)
     if raw:
         y = alphas.view(1, -1, 1) * windows[0]
     else:
@@ -124,7 +145,7 @@ def _windows(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay, out: Te
         if underflow and bool((valid & (denominator < torch.finfo(x.dtype).tiny)).any()):
             # Every observed lag of some window is so old that its weight is subnormal or
             # zero in this dtype; float64's range reaches ages seven times as long.
-            wide = _windows(x.double(), tau[..., history:], alphas.double(), options).to(x.dtype)
+            wide = _windows(x.double(), given, alphas.double(), options, None, lead).to(x.dtype)
             return wide if out is None else out.copy_(wide)
         if torch.is_grad_enabled() and denominator.requires_grad:  # no 0 / 0 in the backward pass
             valid = valid & (denominator > 0)
@@ -160,16 +181,15 @@ def _padded_inputs(
     return z
 
 
-def _real_lags(
-    observed: Tensor, complete: bool, lags: Tensor | None, options: TimeDecay, history: int
-) -> Tensor:
-    """Real observations in each output's window."""
+def _real_lags(observed: Tensor, complete: bool, lags: Tensor | None, options: TimeDecay, pad: int) -> Tensor:
+    """Real observations in each output's window (``pad`` positions before the start)."""
     o = options
-    length = observed.shape[-1]
+    history = (o.kernel_size - 1) * o.dilation
     if complete:  # only the positions before the start are missing
-        since = torch.arange(length, device=observed.device) // o.dilation + 1
+        since = torch.arange(observed.shape[-1] - history + pad, device=observed.device) // o.dilation
+        since = since + (1 if pad else o.kernel_size)  # (a stretch after the first: all K are real)
         return torch.minimum(since, torch.full((), o.kernel_size) if lags is None else lags)
-    real = F.pad(observed.to(torch.int32), (history, 0))
+    real = F.pad(observed.to(torch.int32), (pad, 0))
     top = o.kernel_size.bit_length() - 1
     found = doubling.count_levels(real, top, o.dilation)
     ones: list[Tensor] = []
@@ -195,10 +215,23 @@ def _lags_within(tau: Tensor, options: TimeDecay, history: int) -> Tensor:
 
 
 def _skipping(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Tensor:
-    # Each row keeps its own observations and their times, as if adjacent; a missing
-    # position repeats the output before it. The observations of every row are moved to
-    # its front, so one batched call smooths them all; what follows them is never read
-    # by an earlier (causal) output.
+    """Each row keeps its own observations and their times, as if adjacent; a missing
+    position repeats the output before it. On CPU without autograd, a few rows at a time:
+    the compaction's index arrays are as large as the rows."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or alphas.requires_grad)
+    rows = max(1, _CPU_CHUNK_VALUES // (x.shape[2] * max(x.shape[1], alphas.shape[0])))
+    if grad or x.is_cuda or rows >= x.shape[0]:
+        return _compacted(x, tau, alphas, options)
+    out = x.new_empty(x.shape[0], alphas.shape[0], x.shape[2])
+    for first in range(0, x.shape[0], rows):
+        chunk = slice(first, first + rows)
+        out[chunk] = _compacted(x[chunk], tau[chunk], alphas, options)
+    return out
+
+
+def _compacted(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Tensor:
+    # The observations of every row are moved to its front, so one batched call smooths
+    # them all; what follows them is never read by an earlier (causal) output.
     batch, inputs, length = x.shape
     observed = ~torch.isnan(x)
     order = torch.sort((~observed).to(torch.uint8), dim=-1, stable=True).indices
@@ -207,6 +240,7 @@ def _skipping(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Ten
     # Finite times after the last observation keep the gradient free of NaN.
     filler = tau[:, -1:].unsqueeze(1) + torch.arange(length, device=x.device, dtype=tau.dtype)
     times = torch.where(packed.isnan(), filler, times)
+    del order, filler
     compact = _decaying(packed, times, alphas, options)  # (N, C, T)
     latest = observed.cumsum(dim=-1) - 1  # index of the latest observation, -1 before any
     shape = compact.shape

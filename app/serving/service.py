@@ -62,16 +62,17 @@ logger = logging.getLogger("convewma")
 
 def padded_times(times: torch.Tensor) -> torch.Tensor:
     """A batch's times ``(N, T)`` with each row's right padding (zeros after its strictly
-    increasing times) replaced by times that go on increasing, one second apart: a causal
-    window never reads them, but they must be valid times."""
+    increasing times) replaced, in place, by times that go on increasing one second apart:
+    a causal window never reads them, but they must be valid times."""
     if times.shape[-1] < 2:
         return times
     later = times[:, 1:] > times[:, :-1]
-    ends = torch.where(later.all(dim=1), times.shape[-1], (~later).int().argmax(dim=1) + 1)  # padding starts
-    positions = torch.arange(times.shape[-1], device=times.device)
-    last = times.gather(1, (ends - 1).unsqueeze(1))
-    going_on = last + (positions - ends.unsqueeze(1) + 1).to(times.dtype)
-    return torch.where(positions < ends.unsqueeze(1), times, going_on)
+    ends = torch.where(later.all(dim=1), times.shape[-1], (~later).int().argmax(dim=1) + 1)
+    for row, end in enumerate(ends.tolist()):  # (a batch has at most max_batch_size rows)
+        if end < times.shape[-1]:
+            after = torch.arange(1, times.shape[-1] - end + 1, device=times.device, dtype=times.dtype)
+            times[row, end:] = times[row, end - 1] + after
+    return times
 
 
 def resolve_device(name: str) -> torch.device:

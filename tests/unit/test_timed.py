@@ -213,3 +213,27 @@ def test_values_near_the_float32_maximum_do_not_overflow():
         got = layer(torch.tensor(x, dtype=torch.float32), times=torch.tensor(times))
     assert torch.isfinite(got).all()
     assert_close(got, expected(x, times, layer.alphas.tolist(), normalize=False), torch.float32)
+
+
+@pytest.mark.parametrize("gaps", ["decay", "skip"])
+@pytest.mark.parametrize(("warmup", "max_gap"), [("zeros", None), ("adjust", 2.5)])
+@pytest.mark.parametrize("missing", [0.0, 0.3])
+def test_a_long_row_smoothed_a_stretch_at_a_time_equals_it_smoothed_at_once(
+    monkeypatch, gaps, warmup, max_gap, missing
+):
+    # Each stretch after the first starts with the (K - 1) d values its first window
+    # reaches back to: real history, not zeros before the start.
+    x, times = batch(8, 3, 500, missing=missing)
+    layer = ConvEWMA(2, 7, alpha=[0.1, 0.5], warmup=warmup, dilation=3, dtype=torch.float64)
+    inputs, tau = torch.tensor(x), torch.tensor(times)
+    with torch.no_grad():
+        whole = layer(inputs, gaps=gaps, times=tau, max_gap=max_gap)
+        monkeypatch.setattr(timed, "_CPU_CHUNK_VALUES", 2 * 40)  # stretches of 40 > 4 (K - 1) d
+        pieces = layer(inputs, gaps=gaps, times=tau, max_gap=max_gap)
+    torch.testing.assert_close(pieces, whole, rtol=1e-14, atol=1e-14, equal_nan=True)
+    options = {"warmup": warmup, "dilation": 3, "max_gap": max_gap, "gaps": gaps}
+    rows = [
+        [smooth_times_reference(r, t, a, 7, **options) for a in layer.alphas.tolist()]  # type: ignore[arg-type]
+        for r, t in zip(x, times, strict=True)
+    ]
+    assert_close(pieces, np.array(rows), torch.float64)
