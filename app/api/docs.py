@@ -69,6 +69,22 @@ SMOOTH_REQUESTS: dict[str, dict[str, Any]] = {
             "channels": ["realint"],
         },
     },
+    "times": {
+        "summary": "Irregular times (RFC 3339 or seconds): each lag decays by the seconds that passed",
+        "value": {
+            "series": [[20, 21, 21.5, 25]],
+            "times": [
+                [
+                    "2024-05-01T12:00:00Z",
+                    "2024-05-01T12:00:01Z",
+                    "2024-05-01T12:00:01.5Z",
+                    "2024-05-01T12:00:09Z",
+                ]
+            ],
+            "channels": ["infl"],
+            "max_gap": 5,
+        },
+    },
 }
 
 SMOOTH_RESPONSES: dict[str, dict[str, Any]] = {
@@ -143,6 +159,15 @@ SMOOTH_RESPONSES: dict[str, dict[str, Any]] = {
             "smoothed": [[[1.0, 2.19, 3.0342, 5.2721]]],
             "channels": ["realint"],
             "alphas": [0.3193],
+            "model_version": MODEL_VERSION,
+        },
+    },
+    "times": {
+        "summary": "The reading 7.5 s after the one before it is beyond max_gap: it stands alone",
+        "value": {
+            "smoothed": [[[20.0, 20.6141, 21.0008, 25.0]]],
+            "channels": ["infl"],
+            "alphas": [0.3716],
             "model_version": MODEL_VERSION,
         },
     },
