@@ -105,8 +105,10 @@ def _windows(
     length -= lead
     history = (o.kernel_size - 1) * o.dilation  # where the outputs start
     pad = history - lead
-    observed = ~torch.isnan(x)
-    complete = bool(observed.all())
+    # A sum is NaN where a value is missing (or where infinities of both signs meet): one
+    # reduction, and no mask at all for a series without missing values.
+    complete = not bool(torch.isnan(x.detach().sum()))
+    observed = torch.ones((), dtype=torch.bool, device=x.device) if complete else ~torch.isnan(x)
     raw = o.warmup == "zeros" and not o.normalize
     given = tau
     if pad:
@@ -136,7 +138,7 @@ def _windows(
     else:
         windows = doubling.ragged_window(sums, ages, weigh, lags, o.dilation, history)
     del sums, ages
-    valid = _real_lags(observed, complete, lags, o, pad) >= max(1, o.min_periods)
+    valid = _real_lags(observed, complete, lags, o, pad, length) >= max(1, o.min_periods)
     if raw:
         y = alphas.view(1, -1, 1) * windows[0]
     else:
@@ -181,12 +183,14 @@ def _padded_inputs(
     return z
 
 
-def _real_lags(observed: Tensor, complete: bool, lags: Tensor | None, options: TimeDecay, pad: int) -> Tensor:
+def _real_lags(
+    observed: Tensor, complete: bool, lags: Tensor | None, options: TimeDecay, pad: int, length: int
+) -> Tensor:
     """Real observations in each output's window (``pad`` positions before the start)."""
     o = options
     history = (o.kernel_size - 1) * o.dilation
     if complete:  # only the positions before the start are missing
-        since = torch.arange(observed.shape[-1] - history + pad, device=observed.device) // o.dilation
+        since = torch.arange(length, device=observed.device) // o.dilation
         since = since + (1 if pad else o.kernel_size)  # (a stretch after the first: all K are real)
         return torch.minimum(since, torch.full((), o.kernel_size) if lags is None else lags)
     real = F.pad(observed.to(torch.int32), (pad, 0))
