@@ -131,6 +131,18 @@ def main() -> None:
     add("ConvEWMA C=1, stride=4", -(-t // 4) * n, lambda: single(x, stride=4), "outputs counted")
     x64 = x.double()
     add("ConvEWMA C=1, float64", n * t, lambda: single(x64))
+    # Irregular timestamps (issue 12): Poisson arrivals about a second apart, each series
+    # its own; alpha per second. Every lag decays by its age (doubling, app/core/doubling.py).
+    seconds = 1.7e9 + torch.cumsum(
+        torch.empty(n, t, dtype=torch.float64).exponential_(generator=generator), 1
+    )
+    times = seconds.to(device)
+    add("ConvEWMA C=1, times", n * t, lambda: single(x, times=times))
+    add("ConvEWMA C=1, adjust, times", n * t, lambda: single(x, warmup="adjust", times=times))
+    add("ConvEWMA C=3 bank, times", 3 * n * t, lambda: bank(x, times=times))
+    add("ConvEWMA C=1, times, 5% missing", n * t, lambda: single(gappy, times=times))
+    add("ConvEWMA C=1, times, 5% missing, gaps=skip", n * t, lambda: single(gappy, gaps="skip", times=times))
+    add("ConvEWMA C=1, times, max_gap=5 s", n * t, lambda: single(x, times=times, max_gap=5.0))
 
     taps = single.kernel(torch.float32).detach().flip(-1)  # (1, K), oldest lag first
     add(
@@ -174,6 +186,18 @@ def main() -> None:
                 "pandas ewm(alpha).mean(), 5% missing (untruncated)",
                 n * t,
                 lambda: gappy_frame.ewm(alpha=a, adjust=True).mean(),
+            )
+            # pandas takes one times index per frame: each series is its own Series here,
+            # as each of ConvEWMA's series has its own times above.
+            halflife = pd.Timedelta(seconds=float(np.log(0.5) / np.log1p(-a)))
+            stamps = [pd.to_datetime(row, unit="s") for row in seconds.numpy()]
+            series = [pd.Series(row.astype(np.float64)) for row in xn]
+            add(
+                "pandas ewm(halflife, times).mean() per series (untruncated)",
+                n * t,
+                lambda: [
+                    s.ewm(halflife=halflife, times=ts).mean() for s, ts in zip(series, stamps, strict=True)
+                ],
             )
 
     best = max(r.rate for r in rows if r.name.startswith("ConvEWMA C=1, zeros"))

@@ -111,22 +111,23 @@ def ragged_window(
     """:func:`window` with ``lags`` ``(N, 1 or S, T)`` of its own per output (1 to K)."""
     length = found[0].shape[-1]
     source = torch.arange(start, length, device=lags.device).expand(lags.shape)
+    lags = lags.to(torch.uint8)  # (at most 32: the bit tests read a byte per output)
     total: Tensor | None = None
     age: Tensor | None = None
     for bit in range(len(found) - 1, -1, -1):
-        taken = (lags >> bit & 1).bool()
-        if not bool(taken.any()):
+        taken = (lags & (1 << bit)).bool()
+        if not bool(taken.any()):  # (short windows, as after a max_gap, skip the long blocks)
             continue
         blocks = found[bit]
-        index = source.clamp(min=0)  # (below 0 only where no block is left to take)
-        part = blocks.gather(-1, index.expand(*blocks.shape[:-1], index.shape[-1]))
-        if age is not None and weigh is not None:
-            part = part * weigh(age)
-        part = torch.where(taken, part, torch.zeros((), dtype=part.dtype, device=part.device))
+        part = blocks.gather(-1, source.expand(*blocks.shape[:-1], source.shape[-1]))
+        # The weight is 0 where this block is not taken: a where on the weights, not on the sums.
+        weight = taken.to(part.dtype) if age is None or weigh is None else weigh(age) * taken
+        part = part * weight
         total = part if total is None else total + part
         if 0 < bit < len(ages):  # (an older block may follow)
-            step = ages[bit].gather(-1, index) * taken
+            step = ages[bit].gather(-1, source) * taken
             age = step if age is None else age + step
-        source = source - taken * (2**bit * dilation)
+        # (below 0 only where no block is left to take)
+        source = (source - taken * (2**bit * dilation)).clamp_(min=0)
     assert total is not None
     return total

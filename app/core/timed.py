@@ -203,19 +203,21 @@ def _real_lags(
 
 
 def _lags_within(tau: Tensor, options: TimeDecay, history: int) -> Tensor:
-    """How many of the K lags of each output are at most ``max_gap`` old: ``(N, S', T)``."""
+    """How many of the K lags of each output are at most ``max_gap`` old: ``(N, S', T)``.
+
+    Ages grow with the lag, so the lags inside form a prefix; its end is found by binary
+    lifting over the K lags (log2 K gathers), each age ``tau_q - tau_m`` computed as the
+    reference computes it."""
     assert options.max_gap is not None
-    outputs = tau[..., history:]
-    oldest = torch.searchsorted(tau.contiguous(), (outputs - options.max_gap).contiguous())
-    # searchsorted compares tau_m >= tau_q - max_gap; the window is tau_q - tau_m <= max_gap
-    # as the reference rounds it: move the bound by one where the two roundings disagree.
-    positions = torch.arange(history, tau.shape[-1], device=tau.device)
-    inside = outputs - tau.gather(-1, oldest.clamp(max=tau.shape[-1] - 1)) <= options.max_gap
-    oldest = torch.where(inside, oldest, oldest + 1)
-    earlier = (oldest - 1).clamp(min=0)
-    widen = (oldest > 0) & (outputs - tau.gather(-1, earlier) <= options.max_gap)
-    oldest = torch.where(widen, earlier, oldest)
-    return ((positions - oldest) // options.dilation + 1).clamp(max=options.kernel_size)
+    d, outputs = options.dilation, tau[..., history:]
+    oldest = torch.arange(history, tau.shape[-1], device=tau.device).expand(outputs.shape)
+    found = torch.zeros(outputs.shape, dtype=torch.int64, device=tau.device)  # lags past lag 0
+    for bit in range((options.kernel_size - 1).bit_length() - 1, -1, -1):
+        trial = (oldest - 2**bit * d).clamp(min=0)
+        inside = outputs - tau.gather(-1, trial) <= options.max_gap
+        oldest = torch.where(inside, trial, oldest)
+        found += inside * 2**bit
+    return (found + 1).clamp(max=options.kernel_size)
 
 
 def _skipping(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Tensor:
@@ -238,15 +240,17 @@ def _compacted(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Te
     # them all; what follows them is never read by an earlier (causal) output.
     batch, inputs, length = x.shape
     observed = ~torch.isnan(x)
-    order = torch.sort((~observed).to(torch.uint8), dim=-1, stable=True).indices
-    packed = x.gather(-1, order)
-    times = tau.unsqueeze(1).expand(batch, inputs, length).gather(-1, order)
-    # Finite times after the last observation keep the gradient free of NaN.
-    filler = tau[:, -1:].unsqueeze(1) + torch.arange(length, device=x.device, dtype=tau.dtype)
-    times = torch.where(packed.isnan(), filler, times)
-    del order, filler
-    compact = _decaying(packed, times, alphas, options)  # (N, C, T)
     latest = observed.cumsum(dim=-1) - 1  # index of the latest observation, -1 before any
+    # Each observation goes to its rank; a missing value to one spare column past the end.
+    slot = torch.where(observed, latest, length)
+    packed = x.new_full((batch, inputs, length + 1), math.nan).scatter_(-1, slot, x)[..., :length]
+    # After its last observation a row's times stay at that observation's: finite (no NaN
+    # in the gradient) and no older, so that no window there looks like an outage.
+    times = tau[:, :1].unsqueeze(2).expand(batch, inputs, length + 1).clone()
+    times.scatter_(-1, slot, tau.unsqueeze(1).expand(batch, inputs, length))
+    times = times[..., :length].cummax(dim=-1).values
+    del slot
+    compact = _decaying(packed, times, alphas, options)  # (N, C, T)
     shape = compact.shape
     held = compact.gather(-1, latest.clamp(min=0).expand(shape))
     return torch.where((latest >= 0).expand(shape), held, torch.full((), float("nan"), dtype=x.dtype))
