@@ -20,25 +20,23 @@ import torch
 from torch import Tensor
 
 
-def age_levels(
-    tau: Tensor, count: int, dilation: int, dtype: torch.dtype, scale: float = 1.0
-) -> list[Tensor]:
-    """``[G_0 .. G_{count-1}]``: ``G_j[p] = scale * (tau_p - tau_{p - 2^j d})`` in ``dtype``
-    for ``p >= 2^j d`` (0 before), from ``tau`` ``(..., L)`` float64."""
+def first_ages(tau: Tensor, dilation: int, dtype: torch.dtype, scale: float = 1.0) -> Tensor:
+    """``G_0[p] = scale * (tau_p - tau_{p - d})`` in ``dtype`` for ``p >= d`` (0 before), from
+    ``tau`` ``(..., L)`` float64: exact differences, rounded once."""
     first = tau.new_empty(tau.shape, dtype=dtype)
     first[..., :dilation] = 0.0
     first[..., dilation:] = tau[..., dilation:] - tau[..., :-dilation]
     if scale != 1.0:
         first *= scale
-    ages = [first]
-    for level in range(count - 1):
-        shift = 2**level * dilation
-        newer = ages[-1]
-        doubled = torch.empty_like(newer)
-        doubled[..., : 2 * shift] = 0.0  # (nor are the positions before 2 shift whole)
-        torch.add(newer[..., 2 * shift :], newer[..., shift:-shift], out=doubled[..., 2 * shift :])
-        ages.append(doubled)
-    return ages
+    return first
+
+
+def _older_ages(ages: Tensor, shift: int) -> Tensor:
+    """``G_{j+1}`` from ``G_j`` (``shift = 2^j d``): the ages of two adjacent blocks added."""
+    doubled = torch.empty_like(ages)
+    doubled[..., : 2 * shift] = 0.0  # (nor are the positions before 2 shift whole)
+    torch.add(ages[..., 2 * shift :], ages[..., shift:-shift], out=doubled[..., 2 * shift :])
+    return doubled
 
 
 def _double(blocks: Tensor, weights: Tensor | None, shift: int) -> Tensor:
@@ -64,13 +62,26 @@ Weigh = Callable[[Tensor], Tensor]
 """The decay ``v`` of an age (``exp(scale * age)``)."""
 
 
-def levels(z: Tensor, ages: list[Tensor], weigh: Weigh, top: int, dilation: int) -> list[Tensor]:
-    """``[A_0 .. A_top]`` of ``z`` ``(..., L)``."""
-    found = [z]
-    for level in range(top):
+def levels(
+    z: Tensor, ages: Tensor, weigh: Weigh, top: int, dilation: int, keep: set[int] | None = None
+) -> tuple[list[Tensor | None], list[Tensor | None]]:
+    """``[A_0 .. A_top]`` of ``z`` ``(..., L)`` and ``[G_0 .. G_top]`` from ``ages`` = ``G_0``;
+    with ``keep``, only the levels in it are kept (the others are None), so that the
+    working set of a chunk stays in cache; the ages one more level than the sums."""
+    found: list[Tensor | None] = [z if keep is None or 0 in keep else None]
+    kept: list[Tensor | None] = [ages if keep is None or 0 in keep else None]
+    blocks = z
+    for level in range(top + 1):
         shift = 2**level * dilation
-        found.append(_double(found[-1], weigh(ages[level][..., shift:]), shift))
-    return found
+        if level < top:
+            blocks = _double(blocks, weigh(ages[..., shift:]), shift)
+            found.append(blocks if keep is None or level + 1 in keep else None)
+        if level + 1 <= top:
+            ages = _older_ages(ages, shift)
+            kept.append(ages if keep is None or level + 1 in keep else None)
+    if keep is not None and top not in keep:
+        found[top] = blocks
+    return found, kept
 
 
 def count_levels(real: Tensor, top: int, dilation: int) -> list[Tensor]:
@@ -82,23 +93,32 @@ def count_levels(real: Tensor, top: int, dilation: int) -> list[Tensor]:
 
 
 def window(
-    found: list[Tensor], ages: list[Tensor], weigh: Weigh | None, lags: int, dilation: int, start: int
+    found: list[Tensor | None],
+    ages: list[Tensor | None],
+    weigh: Weigh | None,
+    lags: int,
+    dilation: int,
+    start: int,
 ) -> Tensor:
     """``sum_{k < lags} v(q, q - k d) A_0[q - k d]`` for the outputs ``q = start ..`` (the
     same number of lags for every output; ``start >= (lags - 1) d``)."""
-    length = found[0].shape[-1]
+    length = next(f for f in found if f is not None).shape[-1]
     total: Tensor | None = None
     age: Tensor | None = None  # from each output to the newest position of the next block
     offset = 0
     for bit in range(len(found) - 1, -1, -1):
         if not lags >> bit & 1:
             continue
-        part = found[bit][..., start - offset : length - offset]
+        blocks = found[bit]
+        assert blocks is not None
+        part = blocks[..., start - offset : length - offset]
         if age is not None and weigh is not None:
             part = part * weigh(age)
         total = part if total is None else total + part
         if weigh is not None and bit and lags & (2**bit - 1):  # an older block follows
-            step = ages[bit][..., start - offset : length - offset]
+            older = ages[bit]
+            assert older is not None
+            step = older[..., start - offset : length - offset]
             age = step if age is None else age + step
         offset += 2**bit * dilation
     assert total is not None
@@ -106,10 +126,15 @@ def window(
 
 
 def ragged_window(
-    found: list[Tensor], ages: list[Tensor], weigh: Weigh | None, lags: Tensor, dilation: int, start: int
+    found: list[Tensor | None],
+    ages: list[Tensor | None],
+    weigh: Weigh | None,
+    lags: Tensor,
+    dilation: int,
+    start: int,
 ) -> Tensor:
     """:func:`window` with ``lags`` ``(N, 1 or S, T)`` of its own per output (1 to K)."""
-    length = found[0].shape[-1]
+    length = next(f for f in found if f is not None).shape[-1]
     source = torch.arange(start, length, device=lags.device).expand(lags.shape)
     lags = lags.to(torch.uint8)  # (at most 32: the bit tests read a byte per output)
     total: Tensor | None = None
@@ -119,13 +144,15 @@ def ragged_window(
         if not bool(taken.any()):  # (short windows, as after a max_gap, skip the long blocks)
             continue
         blocks = found[bit]
+        assert blocks is not None
         part = blocks.gather(-1, source.expand(*blocks.shape[:-1], source.shape[-1]))
         # The weight is 0 where this block is not taken: a where on the weights, not on the sums.
         weight = taken.to(part.dtype) if age is None or weigh is None else weigh(age) * taken
         part = part * weight
         total = part if total is None else total + part
-        if 0 < bit < len(ages):  # (an older block may follow)
-            step = ages[bit].gather(-1, source) * taken
+        older = ages[bit] if 0 < bit < len(ages) else None
+        if older is not None:  # (an older block may follow)
+            step = older.gather(-1, source) * taken
             age = step if age is None else age + step
         # (below 0 only where no block is left to take)
         source = (source - taken * (2**bit * dilation)).clamp_(min=0)

@@ -118,26 +118,28 @@ def _windows(
         tau = torch.cat((tau[..., :1] + before, tau), dim=-1)
     z = _padded_inputs(x, observed, complete, raw, o.warmup, pad)
     top = o.kernel_size.bit_length() - 1
-    count = top + (o.kernel_size != 2**top)  # (a window of K lags then ends with a shorter block)
     scale = (torch.log1p(-alphas) / o.time_unit).view(1, -1, 1)  # the gradient flows from here
     weigh: doubling.Weigh
     if scale.numel() == 1 and not (torch.is_grad_enabled() and scale.requires_grad):
         # One channel: the ages are scaled once, not at every level.
-        ages = doubling.age_levels(tau, count, o.dilation, x.dtype, float(scale))
+        ages = doubling.first_ages(tau, o.dilation, x.dtype, float(scale))
         weigh = torch.exp
     else:
-        ages = doubling.age_levels(tau, count, o.dilation, x.dtype)
+        ages = doubling.first_ages(tau, o.dilation, x.dtype)
 
         def weigh(age: Tensor) -> Tensor:
             return torch.exp(age * scale)
 
-    sums = doubling.levels(z, ages, weigh, top, o.dilation)
+    # A window of K lags reads the levels of K's binary digits (a ragged one, every level).
+    keep = None if o.max_gap is not None else {bit for bit in range(top + 1) if o.kernel_size >> bit & 1}
+    sums, levels = doubling.levels(z, ages, weigh, top, o.dilation, keep)
+    del z, ages
     lags = None if o.max_gap is None else _lags_within(tau, o, history)
     if lags is None:
-        windows = doubling.window(sums, ages, weigh, o.kernel_size, o.dilation, history)
+        windows = doubling.window(sums, levels, weigh, o.kernel_size, o.dilation, history)
     else:
-        windows = doubling.ragged_window(sums, ages, weigh, lags, o.dilation, history)
-    del sums, ages
+        windows = doubling.ragged_window(sums, levels, weigh, lags, o.dilation, history)
+    del sums, levels
     valid = _real_lags(observed, complete, lags, o, pad, length) >= max(1, o.min_periods)
     if raw:
         y = alphas.view(1, -1, 1) * windows[0]
@@ -195,8 +197,8 @@ def _real_lags(
         return torch.minimum(since, torch.full((), o.kernel_size) if lags is None else lags)
     real = F.pad(observed.to(torch.int32), (pad, 0))
     top = o.kernel_size.bit_length() - 1
-    found = doubling.count_levels(real, top, o.dilation)
-    ones: list[Tensor] = []
+    found: list[Tensor | None] = list(doubling.count_levels(real, top, o.dilation))
+    ones: list[Tensor | None] = []
     if lags is None:
         return doubling.window(found, ones, None, o.kernel_size, o.dilation, history)
     return doubling.ragged_window(found, ones, None, lags, o.dilation, history)
