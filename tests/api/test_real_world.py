@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app.api.jsoncodec import FIELDS
 from tests.api.test_contract import post, scrape, serving
 from tests.reference import (
     SHIPPED_WEIGHTS,
@@ -320,20 +321,7 @@ async def test_openapi_documents_every_field_with_enums():
         schema = (await http.get("/openapi.json")).json()
     body = schema["paths"]["/smooth"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     properties = body["properties"]
-    assert set(properties) == {
-        "series",
-        "history",
-        "channels",
-        "pairing",
-        "warmup",
-        "gaps",
-        "min_periods",
-        "dtype",
-        "stride",
-        "times",
-        "history_times",
-        "max_gap",
-    }
+    assert set(properties) == set(FIELDS)  # every field the parser reads, documented
     for name, prop in properties.items():
         assert prop.get("description"), name
     enums = {"pairing": ["bank", "each"], "gaps": ["decay", "skip"], "dtype": ["float32", "float64"]}
