@@ -15,10 +15,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from app.core import doubling
+from app.core import doubling, windows
 
 # Rows per pass on CPU: the dozen intermediate arrays of a chunk of this many values stay
 # in the benchmark machine's 4 MiB L2, which made each elementwise pass about 3x faster.
@@ -116,7 +115,7 @@ def _windows(
         # (in the denominator only) in zeros mode and absent in adjust mode.
         before = torch.arange(-pad, 0, device=x.device, dtype=torch.float64) * o.time_unit
         tau = torch.cat((tau[..., :1] + before, tau), dim=-1)
-    z = _padded_inputs(x, observed, complete, raw, o.warmup, pad)
+    z = windows.padded_inputs(x, observed, complete, raw, o.warmup, pad)
     top = o.kernel_size.bit_length() - 1
     scale = (torch.log1p(-alphas) / o.time_unit).view(1, -1, 1)  # the gradient flows from here
     weigh: doubling.Weigh
@@ -134,17 +133,17 @@ def _windows(
     keep = None if o.max_gap is not None else {bit for bit in range(top + 1) if o.kernel_size >> bit & 1}
     sums, levels = doubling.levels(z, ages, weigh, top, o.dilation, keep)
     del z, ages
-    lags = None if o.max_gap is None else _lags_within(tau, o, history)
+    lags = None if o.max_gap is None else windows.lags_within(tau, o, history)
     if lags is None:
-        windows = doubling.window(sums, levels, weigh, o.kernel_size, o.dilation, history)
+        totals = doubling.window(sums, levels, weigh, o.kernel_size, o.dilation, history)
     else:
-        windows = doubling.ragged_window(sums, levels, weigh, lags, o.dilation, history)
+        totals = doubling.ragged_window(sums, levels, weigh, lags, o.dilation, history)
     del sums, levels
-    valid = _real_lags(observed, complete, lags, o, pad, length) >= max(1, o.min_periods)
+    valid = windows.real_lags(observed, complete, lags, o, pad, length) >= max(1, o.min_periods)
     if raw:
-        y = alphas.view(1, -1, 1) * windows[0]
+        y = alphas.view(1, -1, 1) * totals[0]
     else:
-        numerator, denominator = windows[0], windows[1]
+        numerator, denominator = totals[0], totals[1]
         underflow = not complete and x.dtype != torch.float64  # (lag 0 weighs 1 when observed)
         if underflow and bool((valid & (denominator < torch.finfo(x.dtype).tiny)).any()):
             # Every observed lag of some window is so old that its weight is subnormal or
@@ -160,66 +159,6 @@ def _windows(
     if out is None or (torch.is_grad_enabled() and y.requires_grad):
         return torch.where(valid, y, nan)
     return torch.where(valid, y, nan, out=out)
-
-
-def _padded_inputs(
-    x: Tensor, observed: Tensor, complete: bool, raw: bool, warmup: str, history: int
-) -> Tensor:
-    """``(1 or 2, N, S, history + T)``: the values (0 where missing) and, unless raw, the
-    weight each position takes in the denominator (1 observed, 0 missing; the positions
-    before the start weigh 1 in zeros mode)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        z = torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf).unsqueeze(0)
-        if not raw:
-            z = torch.cat((z, observed.to(x.dtype).unsqueeze(0)))
-        z = F.pad(z, (history, 0))
-        if not raw and warmup == "zeros":
-            z = torch.cat((z[:1], F.pad(z[1:, ..., history:], (history, 0), value=1.0)))
-        return z
-    z = x.new_empty(1 if raw else 2, *x.shape[:-1], history + x.shape[-1])
-    z[0, ..., :history] = 0.0
-    torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf, out=z[0, ..., history:])
-    if not raw:
-        z[1, ..., :history] = 1.0 if warmup == "zeros" else 0.0
-        z[1, ..., history:] = 1.0 if complete else observed
-    return z
-
-
-def _real_lags(
-    observed: Tensor, complete: bool, lags: Tensor | None, options: TimeDecay, pad: int, length: int
-) -> Tensor:
-    """Real observations in each output's window (``pad`` positions before the start)."""
-    o = options
-    history = (o.kernel_size - 1) * o.dilation
-    if complete:  # only the positions before the start are missing
-        since = torch.arange(length, device=observed.device) // o.dilation
-        since = since + (1 if pad else o.kernel_size)  # (a stretch after the first: all K are real)
-        return torch.minimum(since, torch.full((), o.kernel_size) if lags is None else lags)
-    real = F.pad(observed.to(torch.int32), (pad, 0))
-    top = o.kernel_size.bit_length() - 1
-    found: list[Tensor | None] = list(doubling.count_levels(real, top, o.dilation))
-    ones: list[Tensor | None] = []
-    if lags is None:
-        return doubling.window(found, ones, None, o.kernel_size, o.dilation, history)
-    return doubling.ragged_window(found, ones, None, lags, o.dilation, history)
-
-
-def _lags_within(tau: Tensor, options: TimeDecay, history: int) -> Tensor:
-    """How many of the K lags of each output are at most ``max_gap`` old: ``(N, S', T)``.
-
-    Ages grow with the lag, so the lags inside form a prefix; its end is found by binary
-    lifting over the K lags (log2 K gathers), each age ``tau_q - tau_m`` computed as the
-    reference computes it."""
-    assert options.max_gap is not None
-    d, outputs = options.dilation, tau[..., history:]
-    oldest = torch.arange(history, tau.shape[-1], device=tau.device).expand(outputs.shape)
-    found = torch.zeros(outputs.shape, dtype=torch.int64, device=tau.device)  # lags past lag 0
-    for bit in range((options.kernel_size - 1).bit_length() - 1, -1, -1):
-        trial = (oldest - 2**bit * d).clamp(min=0)
-        inside = outputs - tau.gather(-1, trial) <= options.max_gap
-        oldest = torch.where(inside, trial, oldest)
-        found += inside * 2**bit
-    return (found + 1).clamp(max=options.kernel_size)
 
 
 def _skipping(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from app.api.schemas import RequestError, SmoothJob
 from app.core.continuation import first_output, history_tail, timed_tail
@@ -60,6 +61,21 @@ def rows_of(job: SmoothJob) -> list[np.ndarray]:
         times = [np.concatenate([before, stamps]) for before, stamps in joined]
     rows = zip(series, times, strict=True)
     return [np.stack([values.astype(np.float64), stamps]) for values, stamps in rows]
+
+
+def padded_times(times: torch.Tensor) -> torch.Tensor:
+    """A batch's times ``(N, T)`` with each row's right padding (zeros after its strictly
+    increasing times) replaced, in place, by times that go on increasing one second apart:
+    a causal window never reads them, but they must be valid times."""
+    if times.shape[-1] < 2:
+        return times
+    later = times[:, 1:] > times[:, :-1]
+    ends = torch.where(later.all(dim=1), times.shape[-1], (~later).int().argmax(dim=1) + 1)
+    for row, end in enumerate(ends.tolist()):  # (a batch has at most max_batch_size rows)
+        if end < times.shape[-1]:
+            after = torch.arange(1, times.shape[-1] - end + 1, device=times.device, dtype=times.dtype)
+            times[row, end:] = times[row, end - 1] + after
+    return times
 
 
 Tails = tuple[list[np.ndarray] | None, list[np.ndarray] | None]  # history, history_times

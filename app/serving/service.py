@@ -25,7 +25,7 @@ from app.serving.budget import MemoryBudget, Reservation, parse_bytes, result_by
 from app.serving.intake import Deadline, ServerBusyError, reserve
 from app.serving.metrics import ServiceMetrics
 from app.serving.options import DTYPES, SmoothOptions
-from app.serving.results import Reach, SmoothResult, finish, options_for, rows_of
+from app.serving.results import Reach, SmoothResult, finish, options_for, padded_times, rows_of
 from app.serving.runtime import release_free_memory, tune_allocator
 from app.serving.settings import Settings
 from app.serving.workers import OldestFirstPool
@@ -58,21 +58,6 @@ class Ticket:
 
 
 logger = logging.getLogger("convewma")
-
-
-def padded_times(times: torch.Tensor) -> torch.Tensor:
-    """A batch's times ``(N, T)`` with each row's right padding (zeros after its strictly
-    increasing times) replaced, in place, by times that go on increasing one second apart:
-    a causal window never reads them, but they must be valid times."""
-    if times.shape[-1] < 2:
-        return times
-    later = times[:, 1:] > times[:, :-1]
-    ends = torch.where(later.all(dim=1), times.shape[-1], (~later).int().argmax(dim=1) + 1)
-    for row, end in enumerate(ends.tolist()):  # (a batch has at most max_batch_size rows)
-        if end < times.shape[-1]:
-            after = torch.arange(1, times.shape[-1] - end + 1, device=times.device, dtype=times.dtype)
-            times[row, end:] = times[row, end - 1] + after
-    return times
 
 
 def resolve_device(name: str) -> torch.device:

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from app.api.schemas import RequestError, SmoothJob
 from app.serving.options import SmoothOptions
-from app.serving.results import Reach, finish, options_for, rows_of
+from app.serving.results import Reach, finish, options_for, padded_times, rows_of
 from tests.reference import history_tail_reference
 
 C = 3  # channels of the pretend model
@@ -131,3 +132,21 @@ def test_options_take_the_models_warmup_by_default(asked, expected):
         422,
         "'min_periods' must be an integer in 0..3 (the kernel size), got 4",
     )
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ([1.5, 2.0, 4.0], [1.5, 2.0, 4.0]),
+        ([1.5, 2.0, 0.0, 0.0], [1.5, 2.0, 3.0, 4.0]),
+        ([7.0, 0.0, 0.0], [7.0, 8.0, 9.0]),
+        ([-5.0, -3.0, 0.0, 0.0, 0.0], [-5.0, -3.0, 0.0, 1.0, 2.0]),  # a zero after negatives is later
+    ],
+)
+def test_padded_times_go_on_increasing_after_each_row(row, expected):
+    times = torch.tensor([row, [10.0 + i for i in range(len(row))]], dtype=torch.float64)
+    got = padded_times(times)
+    assert got[0].tolist() == expected
+    assert got[1].tolist() == times[1].tolist()  # a full row is kept
+    assert bool((got.diff(dim=-1) > 0).all())
+    assert padded_times(torch.tensor([[3.0]])).tolist() == [[3.0]]

@@ -24,7 +24,7 @@ from app.serving.budget import MemoryBudget, Reservation
 from app.serving.intake import Deadline, ServerBusyError
 from app.serving.metrics import ServiceMetrics
 from app.serving.options import SmoothOptions
-from app.serving.service import INLINE_BYTES, INLINE_VALUES, SmoothingService, padded_times, resolve_device
+from app.serving.service import INLINE_BYTES, INLINE_VALUES, SmoothingService, resolve_device
 from app.serving.settings import Settings
 from tests.api.test_real_world import TOLERANCE  # the API's own, against the float64 reference
 from tests.reference import (
@@ -606,21 +606,3 @@ async def test_warm_up_runs_every_warmup_gaps_and_dtype_once_with_a_gap(service,
         for dtype in DTYPES
         for timed in (False, True)
     )
-
-
-@pytest.mark.parametrize(
-    ("row", "expected"),
-    [
-        ([1.5, 2.0, 4.0], [1.5, 2.0, 4.0]),
-        ([1.5, 2.0, 0.0, 0.0], [1.5, 2.0, 3.0, 4.0]),
-        ([7.0, 0.0, 0.0], [7.0, 8.0, 9.0]),
-        ([-5.0, -3.0, 0.0, 0.0, 0.0], [-5.0, -3.0, 0.0, 1.0, 2.0]),  # a zero after negatives is later
-    ],
-)
-def test_padded_times_go_on_increasing_after_each_row(row, expected):
-    times = torch.tensor([row, [10.0 + i for i in range(len(row))]], dtype=torch.float64)
-    got = padded_times(times)
-    assert got[0].tolist() == expected
-    assert got[1].tolist() == times[1].tolist()  # a full row is kept
-    assert bool((got.diff(dim=-1) > 0).all())
-    assert padded_times(torch.tensor([[3.0]])).tolist() == [[3.0]]
