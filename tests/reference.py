@@ -303,3 +303,23 @@ def smooth_times_reference(
 def halflife_of(alpha: float, time_unit: float = 1.0) -> float:
     """The half-life, in seconds, of a factor ``alpha`` per ``time_unit`` seconds."""
     return time_unit * float(np.log(0.5) / np.log1p(-alpha))
+
+
+def times_dropped_mass(
+    times: np.ndarray, alpha: float, kernel_size: int, *, time_unit: float = 1.0, dilation: int = 1
+) -> np.ndarray:
+    """(T,): for each ``t``, the share of an untruncated time-decayed EWMA's weight over the
+    series' own past (lags ``k >= 0`` with ``t - k d >= 0``) that the K-tap window drops:
+    ``sum_{k >= K} v / sum_{k >= 0} v``, ``v = (1 - alpha) ** ((tau_t - tau_{t-kd}) / time_unit)``.
+    On a grid one ``time_unit`` apart it tends to the plain ``(1 - alpha)^K``."""
+    tau = np.asarray(times, dtype=np.float64)
+    out = np.zeros(tau.shape[0])
+    for t in range(tau.shape[0]):
+        weights = np.array(
+            [
+                (1.0 - alpha) ** ((tau[t] - tau[t - k * dilation]) / time_unit)
+                for k in range(t // dilation + 1)
+            ]
+        )
+        out[t] = weights[kernel_size:].sum() / weights.sum()
+    return out
