@@ -22,7 +22,7 @@ from app.core import doubling, windows
 # Values per piece on CPU: the intermediate arrays of a piece this large stay in the
 # benchmark machine's 4 MiB L2, which made each elementwise pass about 3x faster; fewer,
 # larger pieces spend less on dispatch (best here: 2^17 to 2^18 with one thread, 2^18
-# with two; 2^19 is 2x slower). It also bounds the workspace: about 12 MB.
+# with two; 2^19 is 2x slower). It also bounds the workspace (benchmarks/README.md).
 _CPU_CHUNK_VALUES = 1 << 18
 
 
