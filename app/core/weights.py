@@ -56,11 +56,15 @@ class ModelCard:
             warmup=self.warmup,
             eps=repr(self.eps),
             dilation=str(self.dilation),
-            time_unit=repr(self.time_unit),
             training_data=self.training_data,
             final_loss="" if self.final_loss is None else repr(self.final_loss),
             created_at=self.created_at,
         )
+        if self.time_unit != 1.0:
+            # Only when it is not the default, so that a model trained without times is
+            # written byte for byte as before times existed (the shipped model is rebuilt
+            # and compared by its sha256).
+            metadata["time_unit"] = repr(self.time_unit)
         return metadata
 
 
