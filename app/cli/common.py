@@ -16,6 +16,25 @@ INDEX_HELP = (
 )
 
 
+TIME_HELP = (
+    "CSV column of times, the index column then: ISO 8601 dates (2024-05-01T12:00:00.25Z, "
+    "2024-05-01 12:00:00+02:00; without an offset, UTC) or numbers of seconds, strictly "
+    "increasing within each series; each lag then decays by the seconds that passed "
+    "(default: none, lags are steps)"
+)
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
 class CliError(Exception):
     """A user-facing failure: printed as one line, exit status 2, no traceback."""
 

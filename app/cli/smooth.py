@@ -19,7 +19,17 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from app.cli.common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path, writing
+from app.cli.common import (
+    DATA_HELP,
+    INDEX_HELP,
+    TIME_HELP,
+    CliError,
+    HelpFormatter,
+    int_in_range,
+    output_path,
+    positive_seconds,
+    writing,
+)
 from app.core.ewma import GAP_MODES, WARMUP_MODES, ConvEWMA
 from app.core.paths import DEFAULT_WEIGHTS
 from app.core.weights import load_weights
@@ -70,6 +80,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="float32",
         help="precision of the computation and of the written values (7 or 17 digits)",
     )
+    smooth.add_argument("--time-col", metavar="NAME", help=f"{TIME_HELP}; copied to the output")
+    smooth.add_argument(
+        "--max-gap",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="with --time-col: lags older than this are out of the window (a reset after an outage) "
+        "(default: none)",
+    )
     smooth.add_argument("--out", metavar="FILE", help="CSV to write, in an existing folder (default: stdout)")
 
 
@@ -95,16 +113,26 @@ def output_header(columns: tuple[str, ...], channels: tuple[str, ...], pairs: li
 
 
 def smooth_series(
-    model: ConvEWMA, values: np.ndarray, pairs: list[int | None], args: argparse.Namespace
+    model: ConvEWMA,
+    values: np.ndarray,
+    pairs: list[int | None],
+    args: argparse.Namespace,
+    times: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One series ``(S, T)`` to its output columns, ``(ceil(T / stride), width)``."""
-    options = {"gaps": args.gaps, "min_periods": args.min_periods, "stride": args.stride}
+    """One series ``(S, T)`` (its columns at ``times``, seconds, if given) to its output
+    columns, ``(ceil(T / stride), width)``."""
+    options: dict[str, object] = {"gaps": args.gaps, "min_periods": args.min_periods, "stride": args.stride}
+    if times is not None:
+        options |= {"times": torch.from_numpy(times)[None], "max_gap": args.max_gap}
     x = torch.tensor(values, dtype=DTYPES[args.dtype])
     bank = [j for j, channel in enumerate(pairs) if channel is None]
     own = {j: channel for j, channel in enumerate(pairs) if channel is not None}
     blocks: dict[int, torch.Tensor] = {}  # column -> its output columns, (C or 1, T')
     if bank:
-        banked = model(x[bank], args.warmup, **options)  # (B, C, T')
+        rows_options = dict(options)
+        if times is not None:  # every column of the file shares the time column
+            rows_options["times"] = torch.from_numpy(times)[None].expand(len(bank), -1)
+        banked = model(x[bank], args.warmup, **rows_options)  # (B, C, T')
         blocks.update((j, banked[i]) for i, j in enumerate(bank))
     if own:
         # Depth-wise: channel c of one input row is smoothed by alpha_c alone. The
@@ -145,7 +173,10 @@ def run(args: argparse.Namespace, console: Console) -> None:
         raise CliError(
             f"--min-periods {args.min_periods}: must be in [0, {card.kernel_size}] (the model's kernel_size)"
         )
-    dataset = load_dataset([Path(p) for p in args.data], min_length=1, index_col=args.index_col)
+    if args.max_gap is not None and args.time_col is None:
+        raise CliError("--max-gap needs --time-col")
+    paths = [Path(p) for p in args.data]
+    dataset = load_dataset(paths, min_length=1, index_col=args.index_col, time_col=args.time_col)
     _check_range(dataset, args.dtype)
     pairs = pair_columns(dataset.channels, card.channels, args.pairing)
     alphas = ", ".join(f"{n}={a:.4f}" for n, a in zip(card.channels, model.alphas.tolist(), strict=True))
@@ -167,7 +198,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
         writer.writerow(header)
         with torch.inference_mode():
             for position, values in enumerate(dataset.series):  # bounded by the files
-                table = smooth_series(model, values, pairs, args)
+                times = dataset.times[position] if dataset.times else None
+                table = smooth_series(model, values, pairs, args, times)
                 rows = [[str(position), *_cells(row, args.dtype)] for row in table]
                 if dataset.index_name is not None:
                     labels = (dataset.index_of(position) or ("",) * values.shape[1])[:: args.stride]

@@ -7,16 +7,27 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from app.cli.common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path
+from app.cli.common import (
+    DATA_HELP,
+    INDEX_HELP,
+    TIME_HELP,
+    CliError,
+    HelpFormatter,
+    int_in_range,
+    output_path,
+    positive_seconds,
+)
 from app.core.ewma import MAX_KERNEL_SIZE, WARMUP_MODES, equivalents
+from app.core.truncation import dropped_mass
 from app.core.weights import MAX_DILATION, ModelCard, save_weights
-from app.training.data import load_dataset
+from app.training.data import Dataset, load_dataset
 from app.training.train import TrainConfig, TrainResult, fit, truncation_advice
 
 
@@ -53,6 +64,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="adjust",
         help="the model's warm-up when it smooths (training always scores from the adjusted start)",
     )
+    train.add_argument("--time-col", metavar="NAME", help=TIME_HELP)
+    train.add_argument(
+        "--time-unit",
+        type=positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --time-col: alpha is learnt per this many seconds (a model property)",
+    )
     train.add_argument("--epochs", type=int, default=300, help="full-batch Adam steps")
     train.add_argument("--lr", type=float, default=0.05, help="initial learning rate (cosine decay)")
     train.add_argument("--seed", type=int, default=0, help="random seed")
@@ -66,25 +85,44 @@ def _created_at() -> str:
     return when.replace(microsecond=0).isoformat()
 
 
-def _summary(result: TrainResult, channels: tuple[str, ...], config: TrainConfig, title: str) -> Table:
+def _summary(
+    result: TrainResult,
+    channels: tuple[str, ...],
+    config: TrainConfig,
+    title: str,
+    dropped: list[float] | None,
+) -> Table:
+    """The trained channels; with times (``dropped``: the largest share of weight the K taps
+    drop on the data), the half-life in seconds instead of span and taps."""
     table = Table(title=title)
     table.add_column("channel")  # names to the left, numbers to the right
-    for name in ("alpha", "span", "halflife", "truncated mass", "one-step MSE", "forecasts"):
+    columns: tuple[str, ...] = ("alpha", "span", "halflife", "truncated mass", "one-step MSE", "forecasts")
+    if dropped is not None:
+        columns = (f"alpha per {config.time_unit:g} s", "halflife (s)", "dropped mass (max)", *columns[-2:])
+    for name in columns:
         table.add_column(name, justify="right")
     rows = zip(channels, result.model.alphas.tolist(), result.channel_losses, result.forecasts, strict=True)
-    for name, alpha, loss, forecasts in rows:
+    for index, (name, alpha, loss, forecasts) in enumerate(rows):
         # span and halflife count taps; with a dilation each tap is `dilation` steps.
         same = equivalents(alpha, config.kernel_size)
-        table.add_row(
-            name,
-            f"{alpha:.6f}",
-            f"{same['span']:.4g}",
-            f"{same['halflife']:.4g}",
-            f"{same['truncated_mass']:.2e}",
-            f"{loss:.6g}",
-            str(forecasts),
-        )
+        if dropped is None:
+            cells = [f"{same['span']:.4g}", f"{same['halflife']:.4g}", f"{same['truncated_mass']:.2e}"]
+        else:
+            cells = [f"{config.time_unit * same['halflife']:.4g}", f"{dropped[index]:.2e}"]
+        table.add_row(name, f"{alpha:.6f}", *cells, f"{loss:.6g}", str(forecasts))
     return table
+
+
+def _dropped(result: TrainResult, dataset: Dataset, config: TrainConfig) -> list[float] | None:
+    """Per channel, the largest share of its weight the K taps drop on the data's times."""
+    if not dataset.times:
+        return None
+    alphas = result.model.alphas.detach().numpy()
+    worst = np.zeros(len(alphas))
+    for stamps in dataset.times:
+        shares = dropped_mass(stamps[None], alphas, config.kernel_size, config.dilation, config.time_unit)
+        worst = np.maximum(worst, shares.max(axis=(1, 2)))
+    return worst.tolist()
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
@@ -98,8 +136,10 @@ def run(args: argparse.Namespace, console: Console) -> None:
         epochs=args.epochs,
         lr=args.lr,
         seed=args.seed,
+        time_unit=args.time_unit,
     )
-    dataset = load_dataset([Path(p) for p in args.data], config.min_length, index_col=args.index_col)
+    paths = [Path(p) for p in args.data]
+    dataset = load_dataset(paths, config.min_length, index_col=args.index_col, time_col=args.time_col)
     missing = (
         f", {dataset.missing_values} missing values left out of the loss" if dataset.missing_values else ""
     )
@@ -126,6 +166,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
         warmup=config.warmup,
         eps=result.model.eps,
         dilation=config.dilation,
+        time_unit=config.time_unit,
         training_data=dataset.description,
         final_loss=result.final_loss,
         created_at=_created_at(),
@@ -140,8 +181,12 @@ def run(args: argparse.Namespace, console: Console) -> None:
         save_weights(result.model, card, out)
     except OSError as exc:
         raise CliError(f"--out {out}: cannot write the file: {exc.strerror or exc}") from None
-    console.print(_summary(result, dataset.channels, config, f"ConvEWMA weights written to {out}"))
-    for name, alpha in zip(dataset.channels, result.model.alphas.tolist(), strict=True):
-        advice = truncation_advice(alpha, config.kernel_size, config.dilation)
+    dropped = _dropped(result, dataset, config)
+    title = f"ConvEWMA weights written to {out}"
+    console.print(_summary(result, dataset.channels, config, title, dropped))
+    for index, (name, alpha) in enumerate(zip(dataset.channels, result.model.alphas.tolist(), strict=True)):
+        advice = truncation_advice(
+            alpha, config.kernel_size, config.dilation, None if dropped is None else dropped[index]
+        )
         if advice is not None:
             console.print(Text.assemble(("warning:", "bold yellow"), f" channel {name!r}: {advice}"))

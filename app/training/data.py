@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.training import times as time_cells
+
 SERIES_ID = "series_id"
 
 
@@ -52,10 +54,14 @@ class Dataset:
     # Per series, its index cells (T strings, as written in the file), or None; either
     # empty (no index anywhere) or one entry per series.
     index: tuple[tuple[str, ...] | None, ...] = field(default=())
+    # With a time column (the index, read as times): per series, float64 seconds (T,).
+    times: tuple[np.ndarray, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.index and len(self.index) != len(self.series):
             raise ValueError(f"{len(self.index)} index entries for {len(self.series)} series")
+        if self.times and len(self.times) != len(self.series):
+            raise ValueError(f"{len(self.times)} time rows for {len(self.series)} series")
 
     @property
     def total_steps(self) -> int:
@@ -76,6 +82,7 @@ class _FileData:
     series: list[np.ndarray]
     index_name: str | None = None
     index: list[tuple[str, ...]] | None = None  # one per series when the file has an index
+    times: list[np.ndarray] | None = None  # one per series when the index is a time column
 
 
 def _is_number(text: str) -> bool:
@@ -155,7 +162,7 @@ def _index_position(
     return None
 
 
-def _read_csv(path: Path, index_col: str | None) -> _FileData:
+def _read_csv(path: Path, index_col: str | None, times: bool = False) -> _FileData:
     records = _read_records(path)
     if not records:
         raise DataError(f"{path}: the file is empty")
@@ -172,21 +179,28 @@ def _read_csv(path: Path, index_col: str | None) -> _FileData:
     if not channels:
         raise DataError(f"{path}: no data columns (header: {header})")
     groups: dict[str, list[list[float]]] = {}
-    labels: dict[str, list[str]] = {}
+    labels: dict[str, list[tuple[int, str]]] = {}
     for line, row in rows:
         if len(row) != len(header):
             raise DataError(f"{path}:{line}: expected {len(header)} cells, found {len(row)}")
         key = row[id_at].strip() if id_at is not None else ""
         groups.setdefault(key, []).append([_parse_float(row[i], path, line, header[i]) for i in data_at])
         if index_at is not None:
-            labels.setdefault(key, []).append(row[index_at])
+            labels.setdefault(key, []).append((line, row[index_at]))
     if not groups:
         raise DataError(f"{path}: no data rows")
     series = [np.asarray(values, dtype=np.float64).T.copy() for values in groups.values()]
     _check_observed(path, channels, series, "column")
     if index_at is None:
         return _FileData(channels, series)
-    return _FileData(channels, series, header[index_at], [tuple(labels[key]) for key in groups])
+    index = [tuple(cell for _, cell in labels[key]) for key in groups]
+    if not times:
+        return _FileData(channels, series, header[index_at], index)
+    try:
+        stamps = [time_cells.seconds(labels[key], path, header[index_at]) for key in groups]
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return _FileData(channels, series, header[index_at], index, stamps)
 
 
 def _read_numpy(path: Path) -> _FileData:
@@ -222,23 +236,41 @@ def _read_numpy(path: Path) -> _FileData:
     return _FileData(names, [matrix])
 
 
-def load_dataset(paths: list[Path], min_length: int, *, index_col: str | None = None) -> Dataset:
+def load_dataset(
+    paths: list[Path], min_length: int, *, index_col: str | None = None, time_col: str | None = None
+) -> Dataset:
     """Read every file, check channels agree and each series has ``min_length`` steps.
 
     ``index_col`` names the index column of every CSV file (None: detect it, see the
-    module docstring); NumPy files have no index.
+    module docstring); NumPy files have no index. ``time_col`` names a time column, which
+    is then the index, also read as seconds (``app.training.times``): every file must be
+    CSV and have it.
     """
+    if time_col is not None:
+        if index_col is not None and index_col != time_col:
+            raise DataError(
+                f"the time column {time_col!r} is the index column: --index-col {index_col!r} names another"
+            )
+        index_col = time_col
+        numpy = [path for path in paths if path.suffix.lower() in (".npy", ".npz")]
+        if numpy:
+            raise DataError(f"{numpy[0]}: a NumPy file has no columns, so no time column {time_col!r}")
     if not paths:
         raise DataError("no data files given")
     channels: tuple[str, ...] | None = None
     series: list[np.ndarray] = []
     index: list[tuple[str, ...] | None] = []
+    times: list[np.ndarray] = []
     index_name: str | None = None
     for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: file not found")
         suffix = path.suffix.lower()
-        found = _read_numpy(path) if suffix in (".npy", ".npz") else _read_csv(path, index_col)
+        found = (
+            _read_numpy(path)
+            if suffix in (".npy", ".npz")
+            else _read_csv(path, index_col, time_col is not None)
+        )
         if channels is not None and found.channels != channels:
             raise DataError(
                 f"{path}: channels {list(found.channels)} differ from {list(channels)} in earlier files"
@@ -251,6 +283,7 @@ def load_dataset(paths: list[Path], min_length: int, *, index_col: str | None = 
                 )
         series.extend(found.series)
         index.extend(found.index if found.index is not None else [None] * len(found.series))
+        times.extend(found.times or ())
         if index_name is None:
             index_name = found.index_name
     assert channels is not None
@@ -263,4 +296,5 @@ def load_dataset(paths: list[Path], min_length: int, *, index_col: str | None = 
         description=description,
         index_name=index_name,
         index=tuple(index) if index_name is not None else (),
+        times=tuple(times),
     )

@@ -8,7 +8,9 @@ serving warm-up), so ``y_0 = x_0`` and a short series loses none of its data to 
 warm-up.  Missing values (NaN) are smoothed over by the layer (``gaps="decay"``) and
 left out of the loss: a forecast counts where its target is observed and its window
 holds an observation.  Training runs in float64 on one CPU thread so that the same data
-and arguments give the same weights, bit for bit.
+and arguments give the same weights, bit for bit. With times (a time column), each lag
+decays by the seconds that passed, alpha per ``time_unit`` seconds: the same loss learns
+a half-life in seconds from irregular data.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class TrainConfig:
     lr: float = 0.05
     seed: int = 0
     initial_alpha: float = 0.5
+    time_unit: float = 1.0  # seconds per step of alpha, when the data has times
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -42,6 +45,8 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.dilation < 1:
             raise ValueError(f"dilation must be >= 1, got {self.dilation}")
+        if not (math.isfinite(self.time_unit) and self.time_unit > 0):
+            raise ValueError(f"time_unit must be a positive number of seconds, got {self.time_unit}")
 
     @property
     def min_length(self) -> int:
@@ -62,8 +67,19 @@ class TrainResult:
 TRUNCATION_WARNING = 0.01
 
 
-def truncation_advice(alpha: float, kernel_size: int, dilation: int = 1) -> str | None:
-    """A one-line warning when K taps drop more than 1% of the kernel's mass, else None."""
+def truncation_advice(
+    alpha: float, kernel_size: int, dilation: int = 1, dropped: float | None = None
+) -> str | None:
+    """A one-line warning when K taps drop more than 1% of the kernel's mass (``dropped``:
+    as measured on data with times, else the plain ``(1 - alpha)^K``), else None."""
+    if dropped is not None:  # on irregular times a tap spans however long the data waits
+        if dropped <= TRUNCATION_WARNING:
+            return None
+        more = f"--dilation {2 * dilation}" if kernel_size == MAX_KERNEL_SIZE else "a larger --kernel-size"
+        return (
+            f"alpha {alpha:.4f}: the {kernel_size} taps drop up to {dropped:.1%} of the weight on"
+            f" these times; retrain with {more}"
+        )
     dropped = equivalents(alpha, kernel_size)["truncated_mass"]
     if dropped <= TRUNCATION_WARNING:
         return None
@@ -93,12 +109,16 @@ def _step_scale(dataset: Dataset) -> torch.Tensor:
     return torch.from_numpy(np.where((count > 1) & (var > 0), var, 1.0))
 
 
-def _channel_losses(model: ConvEWMA, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of squared one-step-ahead errors per channel over all series, and their count."""
+def _channel_losses(
+    model: ConvEWMA, inputs: list[torch.Tensor], times: list[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squared one-step-ahead errors per channel over all series, and their count
+    (with ``times``, each lag decayed by the seconds since it, whatever the next step's)."""
     total = torch.zeros(model.channels, dtype=torch.float64)
     count = torch.zeros(model.channels, dtype=torch.float64)
-    for x in inputs:
-        forecast = model(x, warmup="adjust")[0, :, :-1]  # (C, T - 1), depth-wise
+    for index, x in enumerate(inputs):
+        tau = None if times is None else times[index]
+        forecast = model(x, warmup="adjust", times=tau)[0, :, :-1]  # (C, T - 1), depth-wise
         target = x[0, :, 1:]
         scored = ~(torch.isnan(forecast) | torch.isnan(target))
         # Masked before squaring: a NaN inside the square would poison the gradient.
@@ -124,12 +144,14 @@ def fit(
             normalize=config.normalize,
             warmup=config.warmup,
             dilation=config.dilation,
+            time_unit=config.time_unit,
             alpha=config.initial_alpha,
             dtype=torch.float64,
         )
         inputs = [torch.tensor(s, dtype=torch.float64).unsqueeze(0) for s in dataset.series]
+        times = [torch.tensor(t).unsqueeze(0) for t in dataset.times] or None
         with torch.no_grad():
-            _, scored = _channel_losses(model, inputs)
+            _, scored = _channel_losses(model, inputs, times)
         if bool((scored == 0).any()):
             name = dataset.channels[int((scored == 0).nonzero()[0])]
             raise ValueError(
@@ -144,7 +166,7 @@ def fit(
         model.train()
         for epoch in range(config.epochs):
             optimizer.zero_grad()
-            total, count = _channel_losses(model, inputs)
+            total, count = _channel_losses(model, inputs, times)
             loss = (total / count / scale).mean()
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             optimizer.step()
@@ -153,7 +175,7 @@ def fit(
                 on_epoch(epoch, loss.item())
         model.eval()
         with torch.no_grad():
-            total, count = _channel_losses(model, inputs)
+            total, count = _channel_losses(model, inputs, times)
             losses = total / count
         return TrainResult(
             model=model,

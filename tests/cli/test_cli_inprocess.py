@@ -25,7 +25,15 @@ from safetensors.numpy import save_file
 
 import app
 from app.cli import _one_line, _quiet_stdout, build_parser, main
-from app.cli.common import DATA_HELP, INDEX_HELP, CliError, HelpFormatter, int_in_range, output_path
+from app.cli.common import (
+    DATA_HELP,
+    INDEX_HELP,
+    TIME_HELP,
+    CliError,
+    HelpFormatter,
+    int_in_range,
+    output_path,
+)
 from app.cli.train import _created_at
 from app.core.paths import DEFAULT_WEIGHTS
 from tests.reference import REPO_ROOT, pandas_equivalents, read_weights_file, smooth_reference
@@ -45,6 +53,9 @@ TRAIN_OPTIONS = {
     "--epochs EPOCHS": "full-batch Adam steps (default: 300)",
     "--lr LR": "initial learning rate (cosine decay) (default: 0.05)",
     "--seed SEED": "random seed (default: 0)",
+    "--time-col NAME": TIME_HELP,
+    "--time-unit SECONDS": "with --time-col: alpha is learnt per this many seconds (a model property) "
+    "(default: 1.0)",
 }
 SMOOTH_OPTIONS = {
     "--data FILE": f"{DATA_HELP} (required)",
@@ -61,6 +72,9 @@ SMOOTH_OPTIONS = {
     "--stride STRIDE": "write every s-th step: steps 0, s, 2s, ... (default: 1)",
     "--dtype {float32,float64}": "precision of the computation and of the written values (7 or 17 digits)"
     " (default: float32)",
+    "--time-col NAME": f"{TIME_HELP}; copied to the output",
+    "--max-gap SECONDS": "with --time-col: lags older than this are out of the window (a reset after an "
+    "outage) (default: none)",
     "--out FILE": "CSV to write, in an existing folder (default: stdout)",
 }
 SERVE_OPTIONS = {
