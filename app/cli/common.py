@@ -11,16 +11,16 @@ from typing import TextIO
 DATA_HELP = "CSV (header = channel names, optional series_id and index columns), .npy or .npz; repeatable"
 INDEX_HELP = (
     "CSV column of row labels (e.g. timestamps), not smoothed (default: the first column "
-    "other than series_id if its header is empty, or if none of its cells is a number "
-    "and another column holds data)"
+    "other than series_id and the time column if its header is empty, or if none of its "
+    "cells is a number and another column holds data)"
 )
 
 
 TIME_HELP = (
-    "CSV column of times, the index column then: ISO 8601 dates (2024-05-01T12:00:00.25Z, "
-    "2024-05-01 12:00:00+02:00; without an offset, UTC) or numbers of seconds, strictly "
-    "increasing within each series; each lag then decays by the seconds that passed "
-    "(default: none, lags are steps)"
+    "CSV column of times, not smoothed (an index column may be given too): ISO 8601 dates "
+    "(2024-05-01T12:00:00.25Z, 2024-05-01 12:00:00+02:00; without an offset, UTC) or numbers "
+    "of seconds, strictly increasing within each series; each lag then decays by the seconds "
+    "that passed (default: none, lags are steps)"
 )
 
 

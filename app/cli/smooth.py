@@ -152,6 +152,17 @@ def _cells(row: np.ndarray, dtype: str) -> list[str]:
     return ["" if v != v else repr(v) for v in row.tolist()]
 
 
+def _labels(dataset: Dataset, position: int, steps: int, stride: int) -> list[list[str]]:
+    """Per written step, the cells of the index column, then of the time column, as read."""
+    columns: list[tuple[str, ...]] = []
+    if dataset.index_name is not None:  # a series from a file without an index: empty cells
+        columns.append(dataset.index_of(position) or ("",) * steps)
+    if dataset.time_cells:
+        columns.append(dataset.time_cells[position])
+    picked = [column[::stride] for column in columns]
+    return [[column[t] for column in picked] for t in range(-(-steps // stride))]
+
+
 def _check_range(dataset: Dataset, dtype: str) -> None:
     if dtype != "float32":
         return
@@ -188,9 +199,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
         + "; ".join(f"{label}: {', '.join(names)}" for label, names in groups if names),
         highlight=False,
     )
-    header = output_header(dataset.channels, card.channels, pairs)
-    if dataset.index_name is not None:
-        header.insert(0, dataset.index_name)
+    names = [name for name in (dataset.index_name, dataset.time_name) if name is not None]
+    header = [*names, *output_header(dataset.channels, card.channels, pairs)]
     # Written series by series, so a reader that stops early (head) stops the work too.
     with contextlib.ExitStack() as stack:
         target = stack.enter_context(writing(out)) if out is not None else sys.stdout
@@ -200,9 +210,10 @@ def run(args: argparse.Namespace, console: Console) -> None:
             for position, values in enumerate(dataset.series):  # bounded by the files
                 times = dataset.times[position] if dataset.times else None
                 table = smooth_series(model, values, pairs, args, times)
-                rows = [[str(position), *_cells(row, args.dtype)] for row in table]
-                if dataset.index_name is not None:
-                    labels = (dataset.index_of(position) or ("",) * values.shape[1])[:: args.stride]
-                    rows = [[label, *row] for label, row in zip(labels, rows, strict=True)]
+                labels = _labels(dataset, position, values.shape[1], args.stride)
+                rows = [
+                    [*label, str(position), *_cells(row, args.dtype)]
+                    for label, row in zip(labels, table, strict=True)
+                ]
                 writer.writerows(rows)
         target.flush()  # a closed pipe shows here, inside main's handler, not at exit

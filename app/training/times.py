@@ -1,7 +1,8 @@
 """A CSV time column as float64 seconds: ISO 8601 dates (RFC 3339 with or without an offset;
-without one, UTC) or plain numbers of seconds, one kind per file, strictly increasing
-within each series. Errors (``ValueError``; ``app.training.data`` reports them as its
-``DataError``) name the file, the line and the cell."""
+without one, UTC) or plain numbers of seconds, one kind and strictly increasing within
+each series (only differences matter, so series may differ in kind). Errors
+(``ValueError``; ``app.training.csvfile`` reports them as ``DataError``) name the file,
+the line and the cell."""
 
 from __future__ import annotations
 
@@ -10,11 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-TIME_HELP = (
-    "a time column: ISO 8601 dates (2024-05-01T12:00:00.25Z, 2024-05-01 12:00:00+02:00; without an "
-    "offset, UTC) or numbers of seconds; strictly increasing within each series"
-)
 
 
 def seconds(cells: list[tuple[int, str]], path: Path, column: str) -> np.ndarray:

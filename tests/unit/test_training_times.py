@@ -35,8 +35,8 @@ def test_time_cells_become_seconds_and_stay_as_written(tmp_path, cells, seconds)
     text = "t,a\n" + "".join(f"{cell},{i}\n" for i, cell in enumerate(cells))
     dataset = load_dataset([write(tmp_path, text)], 1, time_col="t")
     assert dataset.channels == ("a",)  # the time column is not data
-    assert dataset.index_name == "t"
-    assert dataset.index == (tuple(cells),)  # copied verbatim
+    assert (dataset.time_name, dataset.index_name) == ("t", None)  # nor the index
+    assert dataset.time_cells == (tuple(cells),)  # as written, for smooth to copy
     np.testing.assert_array_equal(dataset.times[0], seconds)
     for cell, value in zip(cells, seconds, strict=True):
         if not cell[0].isdigit() or "-" in cell:
@@ -66,7 +66,7 @@ def test_each_series_has_its_own_times(tmp_path):
             "t,a\n0,1\n2024-05-01,2\n",
             "d.csv:3: time column 't': '2024-05-01' is a date, the rows before hold",
         ),
-        ("u,a\n0,1\n", "no column 't' for the index"),
+        ("u,a\n0,1\n", "d.csv:1: no column 't' for the times (header: ['u', 'a'])"),
     ],
 )
 def test_bad_times_are_located(tmp_path, text, message):
@@ -75,16 +75,35 @@ def test_bad_times_are_located(tmp_path, text, message):
     assert message in str(error.value)
 
 
-def test_a_time_column_needs_csv_and_is_the_index(tmp_path):
+def test_a_time_column_needs_csv(tmp_path):
     np.save(tmp_path / "a.npy", np.ones(3))
     with pytest.raises(DataError, match=r"a\.npy: a NumPy file has no columns, so no time column 't'"):
-        load_dataset([tmp_path / "a.npy"], 1, time_col="t")
-    path = write(tmp_path, "t,i,a\n0,7,1\n")
-    with pytest.raises(
-        DataError, match="the time column 't' is the index column: --index-col 'i' names another"
-    ):
-        load_dataset([path], 1, index_col="i", time_col="t")
-    assert load_dataset([path], 1, index_col="t", time_col="t").times[0].tolist() == [0.0]
+        load_dataset([write(tmp_path, "t,a\n0,1\n"), tmp_path / "a.npy"], 1, time_col="t")
+    with pytest.raises(DataError, match=r"d\.csv:1: the time column cannot be 'series_id'"):
+        load_dataset([write(tmp_path, "series_id,a\n0,1\n")], 1, time_col="series_id")
+
+
+@pytest.mark.parametrize(
+    ("text", "index_col", "index_name", "index", "channels"),
+    [
+        ("t,i,a\n0,7,1\n1,8,2\n", "i", "i", ("7", "8"), ("a",)),  # both named
+        ("t,i,a\n0,7,1\n1,8,2\n", None, None, None, ("i", "a")),  # a numeric column is data
+        (",t,a\n0,0,1\n1,1,2\n", None, "", ("0", "1"), ("a",)),  # df.to_csv(): unnamed index
+        ("i,t,a\nx,0,1\ny,1,2\n", None, "i", ("x", "y"), ("a",)),  # labels that are not numbers
+        ("i,t,a\nx,0,1\ny,1,2\n", "t", None, None, None),  # the time column named as the index too
+    ],
+)
+def test_an_index_column_beside_the_time_column(tmp_path, text, index_col, index_name, index, channels):
+    """The time column is never the index: the index is found among the other columns."""
+    path = write(tmp_path, text)
+    if channels is None:
+        with pytest.raises(DataError, match=r"d\.csv:2: column 'i': 'x' is not a number"):
+            load_dataset([path], 1, index_col=index_col, time_col="t")
+        return
+    dataset = load_dataset([path], 1, index_col=index_col, time_col="t")
+    assert (dataset.channels, dataset.index_name, dataset.index_of(0)) == (channels, index_name, index)
+    assert dataset.times[0].tolist() == [0.0, 1.0]
+    assert dataset.time_cells == (("0", "1"),)
 
 
 # -- training on irregular times -------------------------------------------------------------
@@ -116,8 +135,9 @@ def reference_mse(
 def test_training_on_irregular_times_finds_the_optimal_half_life(q, mean_gap, unit):
     """The optimum is measured: the reference's one-step MSE minimised over alpha (Brent,
     to 1e-6) on the same data. A Kalman filter would do better still (its gain depends on
-    each gap); among time-decayed EWMAs this is the best, and the fit must find it. Measured:
-    half-lives 5.363 s against 5.301 s and 0.8202 s against 0.8189 s (1.2% and 0.2%)."""
+    each gap); among time-decayed EWMAs of K taps this is the best, and the default fit (300
+    epochs) must find it. Measured: alpha 0.122583 and 0.081158, within 1e-5 of the optimum
+    (half-lives 5.3005 s and 0.8189 s); 150 epochs stop 1.1% and 0.15% short."""
     rng = np.random.default_rng(12)
     kernel_size = 16
     series = [continuous_local_level(rng, 700, q, mean_gap) for _ in range(3)]
@@ -133,14 +153,15 @@ def test_training_on_irregular_times_finds_the_optimal_half_life(q, mean_gap, un
         description="simulated",
         times=tuple(times for _, times in series),
     )
-    result = fit(dataset, TrainConfig(kernel_size=kernel_size, epochs=150, time_unit=unit))
+    result = fit(dataset, TrainConfig(kernel_size=kernel_size, time_unit=unit))
     alpha = float(result.model.alphas.detach())
     assert result.model.time_unit == unit
-    assert abs(halflife_of(alpha, unit) - halflife_of(best.x, unit)) <= 0.02 * halflife_of(best.x, unit)
+    assert alpha == pytest.approx(best.x, rel=1e-3)
+    assert halflife_of(alpha, unit) == pytest.approx(halflife_of(best.x, unit), rel=1e-3)
     assert result.channel_losses[0] == pytest.approx(
         reference_mse(series, alpha, kernel_size, unit), rel=1e-9
     )
-    assert result.channel_losses[0] <= best.fun * (1 + 1e-4)
+    assert result.channel_losses[0] <= best.fun * (1 + 1e-6)
     assert 0.05 < best.x < 0.95  # an interior optimum: the bounds decide nothing
 
 
