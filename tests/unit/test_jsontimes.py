@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from app.api.jsoncodec import parse_smooth_body
+from app.api.jsontimes import TIME
 from app.api.schemas import RequestError, RequestLimits
 from tests.unit.test_jsoncodec import scanning
 
@@ -57,7 +58,8 @@ BAD: list[tuple[bytes, str]] = [
         "times[0][1] is null: every value needs a time (",
     ),
     (b'{"series": [[1, 2]], "times": [["x", 1]]}', "times[0][0] = 'x' is not a number of seconds or an RFC"),
-    (b'{"series": [[1, 2]], "times": [[0, true]]}', "times[0][1] must be a number of seconds or an RFC 3339"),
+    (b'{"series": [[1, 2]], "times": [[0, true]]}', f"times[0][1] must be {TIME}, got bool True"),
+    (b'{"series": [[1, 2]], "times": [[0, {"t": 1}]]}', f"times[0][1] must be {TIME}, got dict {{'t': 1}}"),
     (
         b'{"series": [[1, 2, 3]], "times": [[0, 2, 1]]}',
         "times[0][2] = 1.0 s is not after times[0][1] = 2.0",
