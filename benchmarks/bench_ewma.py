@@ -6,6 +6,7 @@ and optionally writes it to a report file. Not a test: figures depend on the mac
     python benchmarks/bench_ewma.py                      # default allocator
     python benchmarks/bench_ewma.py --tuned-allocator    # as the service runs
     python benchmarks/bench_ewma.py --device cuda --report benchmarks/results/gpu.md
+    python benchmarks/bench_ewma.py --threads 1 --report benchmarks/results/cpu-one-thread.md
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--budget-s", type=float, default=20.0, help="time limit per row")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument(
         "--tuned-allocator", action="store_true", help="apply app.serving.runtime.tune_allocator()"
     )
@@ -74,6 +76,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tuned = tune_allocator() if args.tuned_allocator else False
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
