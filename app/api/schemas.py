@@ -117,10 +117,11 @@ class SmoothRequest(BaseModel):
     times: list[list[float | str]] | None = Field(
         None,
         description="one list per series, as long as it: the time of each value, strictly increasing, "
-        "as seconds (any epoch) or RFC 3339 strings with a UTC offset (2024-05-01T12:00:00.25Z, "
-        "microseconds at most). Each lag then decays by the time that passed: weight (1 - alpha) ** "
-        "(age / time_unit), alpha per time_unit seconds (GET /alphas); time-aware requests batch only "
-        "with each other",
+        "as seconds (any epoch) or RFC 3339 strings with a UTC offset (2024-05-01T12:00:00.25Z; read "
+        "by Python's datetime.fromisoformat, which takes other ISO 8601 forms too; finer than "
+        "microseconds is cut to microseconds). Each lag then decays by the time that passed: weight "
+        "(1 - alpha) ** (age / time_unit), alpha per time_unit seconds (GET /alphas); time-aware "
+        "requests batch only with each other",
     )
     history_times: list[list[float | str]] | None = Field(
         None,

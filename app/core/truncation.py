@@ -23,12 +23,12 @@ def dropped_mass(
     step = np.exp(scale * (tau[:, d:] - tau[:, :-d]))  # v(t, t - d), (C, N, T - d)
     total = np.ones((scale.shape[0], *tau.shape))
     for start in range(d, length, d):
-        total[..., start : start + d] += step[..., start - d : start] * total[..., start - d : start]
+        width = min(d, length - start)  # (the last step may hold fewer than d positions)
+        earlier = slice(start - d, start - d + width)
+        total[..., start : start + width] += step[..., earlier] * total[..., earlier]
     reach = kernel_size * d
     out = np.zeros_like(total)
-    beyond = (
-        np.exp(scale * (tau[:, reach:] - tau[:, :-reach])) * total[..., :-reach] if reach < length else None
-    )
-    if beyond is not None:
+    if reach < length:  # v(t, t - K d) S_{t - K d}: the lags past the window
+        beyond = np.exp(scale * (tau[:, reach:] - tau[:, :-reach])) * total[..., :-reach]
         out[..., reach:] = beyond / total[..., reach:]
     return out

@@ -24,8 +24,8 @@ def padded_inputs(
     before the start weigh 1 in zeros mode)."""
     if torch.is_grad_enabled() and x.requires_grad:
         z = torch.nan_to_num(x, nan=0.0, posinf=math.inf, neginf=-math.inf).unsqueeze(0)
-        if not raw:
-            z = torch.cat((z, observed.to(x.dtype).unsqueeze(0)))
+        if not raw:  # (``observed`` is a 0-dim True where nothing is missing)
+            z = torch.cat((z, observed.to(x.dtype).expand(x.shape).unsqueeze(0)))
         z = F.pad(z, (history, 0))
         if not raw and warmup == "zeros":
             z = torch.cat((z[:1], F.pad(z[1:, ..., history:], (history, 0), value=1.0)))

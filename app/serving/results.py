@@ -3,6 +3,7 @@ picked, overflow refused, and the history to send with the next chunk."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,16 +66,19 @@ def rows_of(job: SmoothJob) -> list[np.ndarray]:
 
 def padded_times(times: torch.Tensor) -> torch.Tensor:
     """A batch's times ``(N, T)`` with each row's right padding (zeros after its strictly
-    increasing times) replaced, in place, by times that go on increasing one second apart:
-    a causal window never reads them, but they must be valid times."""
+    increasing times) replaced, in place, by times that go on increasing: a causal window
+    never reads them, but they must be valid times. The step is a second, or two of the
+    last time's units in the last place where a second would round away (past 2^52 s)."""
     if times.shape[-1] < 2:
         return times
     later = times[:, 1:] > times[:, :-1]
     ends = torch.where(later.all(dim=1), times.shape[-1], (~later).int().argmax(dim=1) + 1)
     for row, end in enumerate(ends.tolist()):  # (a batch has at most max_batch_size rows)
         if end < times.shape[-1]:
+            last = float(times[row, end - 1])
+            step = max(1.0, 2.0 * math.ulp(last))
             after = torch.arange(1, times.shape[-1] - end + 1, device=times.device, dtype=times.dtype)
-            times[row, end:] = times[row, end - 1] + after
+            times[row, end:] = last + after * step
     return times
 
 

@@ -39,6 +39,8 @@ def seconds(cells: list[tuple[int, str]], path: Path, column: str) -> np.ndarray
 
 
 def _number(text: str) -> float | None:
+    if "_" in text:  # Python's float() reads 1_000; a CSV cell with one is not a number
+        return None
     try:
         return float(text)
     except ValueError:

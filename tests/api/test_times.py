@@ -234,3 +234,16 @@ async def test_bad_times_are_422_naming_the_list_and_position(body, message):
         assert response.status_code == 422, response.text
         assert message in response.json()["detail"]
         assert (await post(http, {"series": [[1.0]], "times": [[0.0]]})).status_code == 200  # still serving
+
+
+async def test_a_row_of_huge_times_padded_in_a_batch_fails_no_request():
+    # Nanosecond epochs sent as seconds (1.7e18): padding one second past them would round
+    # back to the same time; the rows batched with them must not fail either.
+    huge = {"series": [[1.0, 2.0]], "times": [[1.7e18, 1.8e18]], "dtype": "float64"}
+    small = {"series": [[1.0, 2.0, 3.0]], "times": [[1.0, 2.0, 3.0]], "dtype": "float64"}
+    async with serving(max_wait_ms=50) as (_, http):
+        answers = await asyncio.gather(*(post(http, body) for body in [huge, small, small, huge]))
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 200], [a.text for a in answers]
+    for body, answer in zip([huge, small], answers[:2], strict=True):
+        values, stamps = as_array(body["series"][0]), np.array(body["times"][0])
+        assert_close(as_array(answer.json()["smoothed"][0]), expected(values, stamps, ALL), 1e-12)

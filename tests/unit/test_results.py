@@ -150,3 +150,14 @@ def test_padded_times_go_on_increasing_after_each_row(row, expected):
     assert got[1].tolist() == times[1].tolist()  # a full row is kept
     assert bool((got.diff(dim=-1) > 0).all())
     assert padded_times(torch.tensor([[3.0]])).tolist() == [[3.0]]
+
+
+@pytest.mark.parametrize("last", [2e17, -2e17, 9.1e15, 1e300])
+def test_padding_after_huge_times_still_increases(last):
+    # Past 2^53 a second rounds away: the padding steps by two units in the last place.
+    times = torch.tensor([[last / 2, last, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    if last < 0:
+        times[0, 0] = last * 2
+    got = padded_times(times)
+    assert bool((got.diff(dim=-1) > 0).all())
+    assert bool(torch.isfinite(got).all())

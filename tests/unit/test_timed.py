@@ -237,3 +237,17 @@ def test_a_long_row_smoothed_a_stretch_at_a_time_equals_it_smoothed_at_once(
         for r, t in zip(x, times, strict=True)
     ]
     assert_close(pieces, np.array(rows), torch.float64)
+
+
+@pytest.mark.parametrize(("warmup", "gaps"), [("zeros", "decay"), ("adjust", "decay"), ("adjust", "skip")])
+def test_an_input_that_requires_grad_and_misses_nothing(warmup, gaps):
+    # An upstream layer's output: autograd through the inputs, and no mask to build.
+    x, times = batch(9, 2, 30, missing=0.0)
+    layer = ConvEWMA(3, K, alpha=ALPHAS, warmup=warmup, dtype=torch.float64)
+    inputs = torch.tensor(x, requires_grad=True)
+    got = layer(inputs, gaps=gaps, times=torch.tensor(times))
+    assert_close(got, expected(x, times, layer.alphas.tolist(), warmup=warmup, gaps=gaps), torch.float64)
+    got.sum().backward()
+    assert inputs.grad is not None
+    assert bool(torch.isfinite(inputs.grad).all())
+    assert bool((inputs.grad[:, -1] > 0).all())  # the last input weighs in its own output

@@ -61,6 +61,7 @@ def test_each_series_has_its_own_times(tmp_path):
         ("t,a\n5,1\n2,2\n", "d.csv:3: time column 't': '2' is not after '5'"),
         ("t,a\n0,1\n,2\n", "d.csv:3: time column 't': empty cell (every row needs a time)"),
         ("t,a\n0,1\nnoon,2\n", "d.csv:3: time column 't': 'noon' is not an ISO 8601 date or a number of"),
+        ("t,a\n0,1\n1_000,2\n", "d.csv:3: time column 't': '1_000' is not an ISO 8601 date or a number of"),
         ("t,a\n0,1\ninf,2\n", "d.csv:3: time column 't': 'inf' is not a finite number of seconds"),
         (
             "t,a\n0,1\n2024-05-01,2\n",

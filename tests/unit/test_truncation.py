@@ -27,3 +27,13 @@ def test_on_a_long_even_grid_it_is_the_plain_truncated_mass():
     got = dropped_mass(times, np.array([0.1]), 16, 1, 1.0)
     assert got[0, 0, -1] == pytest.approx(0.9**16, rel=1e-9)
     assert (got[0, 0, :16] == 0).all()  # the window holds every past lag
+
+
+@pytest.mark.parametrize("length", [5, 6, 7, 41])
+def test_a_dilation_that_does_not_divide_the_length(length):
+    rng = np.random.default_rng(1)
+    times = np.cumsum(rng.exponential(1.0, (2, length)) + 0.01, axis=1)
+    got = dropped_mass(times, np.array([0.3]), 3, 2, 1.0)
+    for n, row in enumerate(times):
+        want = times_dropped_mass(row, 0.3, 3, dilation=2)
+        np.testing.assert_allclose(got[0, n], want, rtol=1e-12, atol=1e-300)
