@@ -88,6 +88,24 @@ BAD: list[tuple[bytes, str]] = [
 ]
 
 
+EXACT = [
+    (
+        b'{"series": [[1]], "times": [[0]], "history": [[1]]}',
+        "'history' with 'times' needs 'history_times': the times of its values",
+    ),
+    (b'{"series": [[1]], "history": [[1]], "history_times": [[0]]}', "'history_times' needs 'times'"),
+    (b'{"series": [[1]], "times": [[0]], "history_times": [[0]]}', "'history_times' needs 'history'"),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("body", "message"), EXACT, ids=[m[:30] for _, m in EXACT])
+def test_fields_that_need_each_other_say_which(path, body, message):
+    with pytest.raises(RequestError) as error:
+        parse(body, path)
+    assert (error.value.status, error.value.detail) == (422, message)
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("body", "message"), BAD, ids=[m[:40] for _, m in BAD])
 def test_bad_times_are_422_naming_list_and_position(path, body, message):

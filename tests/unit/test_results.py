@@ -140,6 +140,7 @@ def test_options_take_the_models_warmup_by_default(asked, expected):
         ([1.5, 2.0, 4.0], [1.5, 2.0, 4.0]),
         ([1.5, 2.0, 0.0, 0.0], [1.5, 2.0, 3.0, 4.0]),
         ([7.0, 0.0, 0.0], [7.0, 8.0, 9.0]),
+        ([7.0, 0.0], [7.0, 8.0]),  # two positions, one of them padding
         ([-5.0, -3.0, 0.0, 0.0, 0.0], [-5.0, -3.0, 0.0, 1.0, 2.0]),  # a zero after negatives is later
     ],
 )
