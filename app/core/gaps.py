@@ -65,21 +65,32 @@ def without_short_head(y: Tensor, min_periods: int, dilation: int) -> Tensor:
     return y
 
 
-def pack_observed(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Each row's observed values moved to its front, zero right-padded (causal: padding
-    cannot change an output), and for every position the number of observations up to
-    and including it (its last observation's packed index plus one)."""
+def pack_slots(x: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Where :func:`pack_observed` puts each position (its observation's rank from 1, or the
+    spare column 0 for a missing value), the number of observations up to and including
+    each position, and the most observations in a row."""
     # x == x is false only for NaN; written as floats, with no boolean pass.
     present = torch.eq(
         x, x, out=torch.empty_like(x, dtype=x.dtype if x.shape[-1] <= 1 << 24 else torch.float64)
     )
     ordinal = present.cumsum(dim=-1).to(torch.int64)  # exact: float prefix sums of 0/1 below 2^24
     width = int(ordinal[..., -1].max()) if ordinal.numel() else 0
-    slot = ordinal * present.to(torch.int64)  # a missing value lands in the spare column 0
+    return ordinal * present.to(torch.int64), ordinal, width
+
+
+def pack_observed(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's observed values moved to its front, zero right-padded (causal: padding
+    cannot change an output), and for every position the number of observations up to
+    and including it (its last observation's packed index plus one)."""
+    slot, ordinal, width = pack_slots(x)
+    return pack(x, slot, width), ordinal
+
+
+def pack(x: Tensor, slot: Tensor, width: int) -> Tensor:
+    """``x``'s observed values at the columns :func:`pack_slots` gave them, zero-padded."""
     inf = float("inf")
     source = torch.nan_to_num(x, nan=0.0, posinf=inf, neginf=-inf)
-    packed = x.new_zeros(*x.shape[:-1], width + 1).scatter_(-1, slot, source)
-    return packed[..., 1:], ordinal
+    return x.new_zeros(*x.shape[:-1], width + 1).scatter_(-1, slot, source)[..., 1:]
 
 
 def unpack(packed_output: Tensor, ordinal: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from app.core import doubling, windows
+from app.core import doubling, gaps, windows
 
 # Values per piece on CPU: the intermediate arrays of a piece this large stay in the
 # benchmark machine's 4 MiB L2, which made each elementwise pass about 3x faster; fewer,
@@ -179,21 +179,17 @@ def _skipping(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Ten
 
 
 def _compacted(x: Tensor, tau: Tensor, alphas: Tensor, options: TimeDecay) -> Tensor:
-    # The observations of every row are moved to its front, so one batched call smooths
-    # them all; what follows them is never read by an earlier (causal) output.
+    # The observations of every row are moved to its front (as the plain skip mode packs
+    # them, app/core/gaps.py), with their times, so one batched call smooths them all.
     batch, inputs, length = x.shape
-    observed = ~torch.isnan(x)
-    latest = observed.cumsum(dim=-1) - 1  # index of the latest observation, -1 before any
-    # Each observation goes to its rank; a missing value to one spare column past the end.
-    slot = torch.where(observed, latest, length)
-    packed = x.new_full((batch, inputs, length + 1), math.nan).scatter_(-1, slot, x)[..., :length]
+    slot, ordinal, width = gaps.pack_slots(x)
+    if width == 0:  # nothing observed anywhere: every output is missing
+        return x.new_full((batch, alphas.shape[0], length), math.nan)
+    packed = gaps.pack(x, slot, width)
     # After its last observation a row's times stay at that observation's: finite (no NaN
     # in the gradient) and no older, so that no window there looks like an outage.
-    times = tau[:, :1].unsqueeze(2).expand(batch, inputs, length + 1).clone()
+    times = tau[:, :1].unsqueeze(2).expand(batch, inputs, width + 1).clone()
     times.scatter_(-1, slot, tau.unsqueeze(1).expand(batch, inputs, length))
-    times = times[..., :length].cummax(dim=-1).values
+    times = times[..., 1:].cummax(dim=-1).values
     del slot
-    compact = _decaying(packed, times, alphas, options)  # (N, C, T)
-    shape = compact.shape
-    held = compact.gather(-1, latest.clamp(min=0).expand(shape))
-    return torch.where((latest >= 0).expand(shape), held, torch.full((), float("nan"), dtype=x.dtype))
+    return gaps.unpack(_decaying(packed, times, alphas, options), ordinal)

@@ -251,3 +251,13 @@ def test_an_input_that_requires_grad_and_misses_nothing(warmup, gaps):
     assert inputs.grad is not None
     assert bool(torch.isfinite(inputs.grad).all())
     assert bool((inputs.grad[:, -1] > 0).all())  # the last input weighs in its own output
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_skip_mode_with_nothing_observed_is_missing_everywhere(grad):
+    layer = ConvEWMA(2, 4, alpha=[0.2, 0.7], dtype=torch.float64)
+    x = torch.full((2, 5), float("nan"), dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        y = layer(x, gaps="skip", times=torch.arange(5.0, dtype=torch.float64).expand(2, 5))
+    assert y.shape == (2, 2, 5)
+    assert bool(torch.isnan(y).all())
