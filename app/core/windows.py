@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from app.core import doubling
+from app.core import doubling, gaps
 
 if TYPE_CHECKING:
     from app.core.timed import TimeDecay
@@ -49,13 +49,12 @@ def real_lags(
         since = torch.arange(length, device=observed.device) // o.dilation
         since = since + (1 if pad else o.kernel_size)  # (a stretch after the first: all K are real)
         return torch.minimum(since, torch.full((), o.kernel_size) if lags is None else lags)
+    if lags is None:  # the plain layer's counts (prefix sums per phase); none before the start
+        return gaps.window_counts(observed.to(torch.float32), o.kernel_size, o.dilation)[..., -length:]
     real = F.pad(observed.to(torch.int32), (pad, 0))
     top = o.kernel_size.bit_length() - 1
     found: list[Tensor | None] = list(doubling.count_levels(real, top, o.dilation))
-    ones: list[Tensor | None] = []
-    if lags is None:
-        return doubling.window(found, ones, None, o.kernel_size, o.dilation, history)
-    return doubling.ragged_window(found, ones, None, lags, o.dilation, history)
+    return doubling.ragged_window(found, [], None, lags, o.dilation, history)
 
 
 def lags_within(tau: Tensor, options: TimeDecay, history: int) -> Tensor:
