@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException
 
 from app import __version__
 from app.api.docs import SWAGGER_UI_PARAMETERS
+from app.api.oip.routes import router as oip_router
 from app.api.responses import json_response
 from app.api.routes import router
 from app.api.schemas import RequestError
@@ -22,7 +24,29 @@ from app.serving.service import SmoothingService
 from app.serving.settings import Settings
 
 logger = logging.getLogger("convewma")
-ROUTES = frozenset({"/smooth", "/alphas", "/healthz", "/readyz", "/metrics"})
+ROUTES = frozenset(
+    {
+        "/smooth",
+        "/alphas",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/convewma",
+        "/v2/models/convewma/ready",
+        "/v2/models/convewma/infer",
+    }
+)
+
+
+def error_response(request: Request, detail: str, status: int) -> Response:
+    """``{"detail": ...}``, or under ``/v2`` the Open Inference Protocol's ``{"error": ...}``,
+    where a request the service cannot take is 400 (``/smooth`` says 422 when its JSON is well formed)."""
+    if request.url.path == "/v2" or request.url.path.startswith("/v2/"):
+        return json_response({"error": detail}, status=400 if status == 422 else status)
+    return json_response({"detail": detail}, status=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -30,20 +54,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def request_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestError)
-        response = json_response({"detail": exc.detail}, status=exc.status)
+        response = error_response(request, exc.detail, exc.status)
         if exc.status in (408, 413):  # part of the body may be unread: do not reuse the connection
             response.headers["Connection"] = "close"
         return response
 
     async def unavailable(request: Request, exc: Exception) -> Response:
-        response = json_response({"detail": f"server busy: {exc}"}, status=503)
+        response = error_response(request, f"server busy: {exc}", 503)
         response.headers["Retry-After"] = "1"
         return response
 
     async def timed_out(request: Request, exc: Exception) -> Response:
-        return json_response(
-            {"detail": "the request did not complete within the server's timeout"}, status=504
-        )
+        return error_response(request, "the request did not complete within the server's timeout", 504)
 
     async def disconnected(request: Request, exc: Exception) -> Response:
         # Nobody is left to read this response; its status 499 is what the metrics record.
@@ -52,14 +74,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def batch_failed(request: Request, exc: Exception) -> Response:
         logger.error("batch failed", exc_info=exc.__cause__ or exc)
-        return json_response({"detail": "internal error while smoothing this batch"}, status=500)
+        return error_response(request, "internal error while smoothing this batch", 500)
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Starlette logs the traceback; the client gets JSON without it, like every error.
-        return json_response({"detail": "internal server error"}, status=500)
+        return error_response(request, "internal server error", 500)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # no route (404), a wrong method (405)
+        response = error_response(request, exc.detail, exc.status_code)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
 
     app.add_exception_handler(Exception, unexpected)
     app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(QueueFullError, unavailable)
     app.add_exception_handler(BatcherClosedError, unavailable)
     app.add_exception_handler(ServerBusyError, unavailable)
@@ -99,6 +129,7 @@ def create_app(settings: Settings | None = None, drain: DrainState | None = None
     app.state.metrics = metrics
     app.state.drain = drain
     app.include_router(router)
+    app.include_router(oip_router)
     install_error_handlers(app)
     app.add_middleware(DrainMiddleware, state=drain)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, routes=ROUTES)

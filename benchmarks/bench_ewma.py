@@ -94,6 +94,7 @@ def main() -> None:
             rows.append(Row(name, outputs, measure(fn, args.repeats, args.budget_s, sync), note))
 
     out = torch.empty(n, 3, t, device=device)
+    out1 = torch.empty(n, 1, t, device=device)
     source = torch.randn(n, 3, t, generator=generator).to(device)
     add(
         "memory copy of a C=1 output (ceiling)",
@@ -117,6 +118,16 @@ def main() -> None:
     add("ConvEWMA C=1, adjust", n * t, lambda: single(x, warmup="adjust"))
     add("ConvEWMA C=3 bank, zeros", 3 * n * t, lambda: bank(x))
     add("ConvEWMA C=3 bank, adjust", 3 * n * t, lambda: bank(x, warmup="adjust"))
+    # out=: the output buffer reused from call to call (no fresh pages, as a server would).
+    add("ConvEWMA C=1, zeros, out=", n * t, lambda: single(x, out=out1), "reused output")
+    add("ConvEWMA C=1, adjust, out=", n * t, lambda: single(x, warmup="adjust", out=out1), "reused output")
+    add("ConvEWMA C=3 bank, zeros, out=", 3 * n * t, lambda: bank(x, out=out), "reused output")
+    add(
+        "ConvEWMA C=3 bank, adjust, out=",
+        3 * n * t,
+        lambda: bank(x, warmup="adjust", out=out),
+        "reused output",
+    )
     add("ConvEWMA C=3 depth-wise (N, 3, T)", 3 * n * t, lambda: bank(source))
     # Real-world series (issue 10): every series has 5% missing values, so every row
     # takes the gap-aware path (two FIRs and a division); dilation deals the series
@@ -191,6 +202,20 @@ def main() -> None:
                 n * t,
                 lambda: gappy_frame.ewm(alpha=a, adjust=True).mean(),
             )
+            import polars as pl
+
+            frame_pl = pl.DataFrame(xn.T)
+            add(
+                "polars DataFrame ewm_mean(alpha) (untruncated)",
+                n * t,
+                lambda: frame_pl.select(pl.all().ewm_mean(alpha=a, adjust=True)),
+            )
+            gappy_pl = pl.DataFrame(gappy.numpy().T).select(pl.all().fill_nan(None))
+            add(
+                "polars ewm_mean(alpha), 5% missing (untruncated)",
+                n * t,
+                lambda: gappy_pl.select(pl.all().ewm_mean(alpha=a, adjust=True, ignore_nulls=False)),
+            )
             # pandas takes one times index per frame: each series is its own Series here,
             # as each of ConvEWMA's series has its own times above.
             halflife = pd.Timedelta(seconds=float(np.log(0.5) / np.log1p(-a)))
@@ -218,11 +243,35 @@ def main() -> None:
             f"| {row.name} | {row.rate / 1e9:.3f} G | {row.seconds * 1e3:.2f} "
             f"| {row.rate / best:.2f}x | {row.note} |"
         )
+    lines += goals(rows)
     text = "\n".join(lines)
     print(text)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(text + "\n")
+
+
+def goals(rows: list[Row]) -> list[str]:
+    """Issue 11's kernel goals as ratios of rows measured in this run (where all were run)."""
+    rate = {row.name: row.rate for row in rows}
+    pandas = rate.get("pandas DataFrame.ewm(alpha).mean() (untruncated)")
+    polars = rate.get("polars DataFrame ewm_mean(alpha) (untruncated)")
+    lines = [
+        "",
+        "| layer | vs pandas (>= 10x) | vs polars (>= 2x) | of a plain copy (>= 50%) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, copy in (
+        ("ConvEWMA C=1, zeros", "memory copy of a C=1 output (ceiling)"),
+        ("ConvEWMA C=1, zeros, out=", "memory copy of a C=1 output (ceiling)"),
+        ("ConvEWMA C=3 bank, zeros", "memory copy of a C=3 output (ceiling)"),
+        ("ConvEWMA C=3 bank, zeros, out=", "memory copy of a C=3 output (ceiling)"),
+    ):
+        if name not in rate or pandas is None or polars is None:
+            continue
+        ratios = f"{rate[name] / pandas:.1f}x | {rate[name] / polars:.1f}x | {rate[name] / rate[copy]:.0%}"
+        lines.append(f"| {name} | {ratios} |")
+    return lines if len(lines) > 3 else []
 
 
 if __name__ == "__main__":

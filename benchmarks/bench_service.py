@@ -213,12 +213,17 @@ def server(kind: str, env: dict[str, str], log: Path) -> Iterator[int]:
         wait_ready(port, process, kind)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout_s=30)
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def wait_ready(port: int, process: subprocess.Popen[bytes], kind: str, timeout_s: float = 60.0) -> None:

@@ -46,7 +46,7 @@ FIELDS = (
 _UNREAD = object()
 
 
-def count_values_upper_bound(body: bytes) -> int:
+def count_values_upper_bound(body: bytes | memoryview) -> int:
     """How many numbers a body can hold: each number in an array is followed by , or ]."""
     view = np.frombuffer(body, np.uint8)
     return count_byte(view, COMMA) + count_byte(view, 0x5D)

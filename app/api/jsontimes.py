@@ -46,7 +46,7 @@ def arrays(parts: Body, shaped: list[int | list[Any]], name: str) -> list[np.nda
         elif np.isnan(seconds).any():  # a null
             at = int(np.flatnonzero(np.isnan(seconds))[0])
             raise RequestError(422, f"{where}[{at}] is null: every value needs a time ({TIME})")
-        _check_increasing(seconds, where)
+        check_increasing(seconds, where)
         out.append(seconds)
     return out
 
@@ -82,7 +82,7 @@ def _rfc3339(text: str, where: str, parts: Body) -> float:
     return moment.timestamp()
 
 
-def _check_increasing(seconds: np.ndarray, where: str) -> None:
+def check_increasing(seconds: np.ndarray, where: str) -> None:
     # Finite already: simdjson reads finite numbers only, and _from_python refuses the rest.
     later = seconds[1:] > seconds[:-1]
     if not later.all():

@@ -30,6 +30,8 @@ from app.cli.common import (
     positive_seconds,
     writing,
 )
+from app.cli.remote import SmoothSeries, channels_of, remote_series
+from app.client import ConvEWMAClient
 from app.core.ewma import GAP_MODES, WARMUP_MODES, ConvEWMA
 from app.core.paths import DEFAULT_WEIGHTS
 from app.core.weights import load_weights
@@ -49,6 +51,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     smooth.add_argument("--data", action="append", required=True, metavar="FILE", help=DATA_HELP)
     smooth.add_argument("--index-col", metavar="NAME", help=INDEX_HELP + "; copied to the output")
     smooth.add_argument("--weights", default=str(DEFAULT_WEIGHTS), metavar="FILE", help="safetensors model")
+    smooth.add_argument(
+        "--url",
+        metavar="URL",
+        help="smooth through a running service at URL (e.g. http://127.0.0.1:8000) with its model, "
+        "instead of --weights (default: locally)",
+    )
     smooth.add_argument(
         "--pairing",
         choices=PAIRINGS,
@@ -177,43 +185,59 @@ def _check_range(dataset: Dataset, dtype: str) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> None:
     """``convewma smooth``: one row per written step, series after series."""
-    out = output_path(args.out) if args.out is not None else None
+    if args.url is not None:
+        with ConvEWMAClient(args.url) as client:
+            channels = channels_of(client)
+            summary = f"service {args.url}"
+            return write(args, console, channels, summary, remote_series(client, args))
     loaded = load_weights(args.weights)
     card, model = loaded.card, loaded.model
     if args.min_periods > card.kernel_size:
         raise CliError(
             f"--min-periods {args.min_periods}: must be in [0, {card.kernel_size}] (the model's kernel_size)"
         )
+    alphas = ", ".join(f"{n}={a:.4f}" for n, a in zip(card.channels, model.alphas.tolist(), strict=True))
+    summary = f"model {loaded.path} (sha256 {loaded.sha256[:12]}), alphas: {alphas}"
+
+    def local(values: np.ndarray, pairs: list[int | None], times: np.ndarray | None) -> np.ndarray:
+        with torch.inference_mode():
+            return smooth_series(model, values, pairs, args, times)
+
+    write(args, console, card.channels, summary, local)
+
+
+def write(
+    args: argparse.Namespace, console: Console, channels: tuple[str, ...], summary: str, smooth: SmoothSeries
+) -> None:
+    """Reads the files, then writes each series' rows as ``smooth`` gives them."""
+    out = output_path(args.out) if args.out is not None else None
     if args.max_gap is not None and args.time_col is None:
         raise CliError("--max-gap needs --time-col")
     paths = [Path(p) for p in args.data]
     dataset = load_dataset(paths, min_length=1, index_col=args.index_col, time_col=args.time_col)
     _check_range(dataset, args.dtype)
-    pairs = pair_columns(dataset.channels, card.channels, args.pairing)
-    alphas = ", ".join(f"{n}={a:.4f}" for n, a in zip(card.channels, model.alphas.tolist(), strict=True))
+    pairs = pair_columns(dataset.channels, channels, args.pairing)
     own = [dataset.channels[j] for j, channel in enumerate(pairs) if channel is not None]
     shared = [dataset.channels[j] for j, channel in enumerate(pairs) if channel is None]
     groups = (("own channel", own), ("all channels", shared))
     console.print(
-        f"model {loaded.path} (sha256 {loaded.sha256[:12]}), alphas: {alphas}; "
-        + "; ".join(f"{label}: {', '.join(names)}" for label, names in groups if names),
+        f"{summary}; " + "; ".join(f"{label}: {', '.join(names)}" for label, names in groups if names),
         highlight=False,
     )
     names = [name for name in (dataset.index_name, dataset.time_name) if name is not None]
-    header = [*names, *output_header(dataset.channels, card.channels, pairs)]
+    header = [*names, *output_header(dataset.channels, channels, pairs)]
     # Written series by series, so a reader that stops early (head) stops the work too.
     with contextlib.ExitStack() as stack:
         target = stack.enter_context(writing(out)) if out is not None else sys.stdout
         writer = csv.writer(target)
         writer.writerow(header)
-        with torch.inference_mode():
-            for position, values in enumerate(dataset.series):  # bounded by the files
-                times = dataset.times[position] if dataset.times else None
-                table = smooth_series(model, values, pairs, args, times)
-                labels = _labels(dataset, position, values.shape[1], args.stride)
-                rows = [
-                    [*label, str(position), *_cells(row, args.dtype)]
-                    for label, row in zip(labels, table, strict=True)
-                ]
-                writer.writerows(rows)
+        for position, values in enumerate(dataset.series):  # bounded by the files
+            times = dataset.times[position] if dataset.times else None
+            table = smooth(values, pairs, times)
+            labels = _labels(dataset, position, values.shape[1], args.stride)
+            rows = [
+                [*label, str(position), *_cells(row, args.dtype)]
+                for label, row in zip(labels, table, strict=True)
+            ]
+            writer.writerows(rows)
         target.flush()  # a closed pipe shows here, inside main's handler, not at exit

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from app.core.filters import START_BANK_LIMIT, Filter, exact_start, smooth, start_bank
+from app.core.fir import into
 from app.core.gaps import prestart_mass
 from app.core.timed import TimeDecay, check_times, smooth_times
 
@@ -233,11 +234,15 @@ class ConvEWMA(nn.Module):
         stride: int = 1,
         times: Tensor | None = None,
         max_gap: float | None = None,
+        out: Tensor | None = None,
     ) -> Tensor:
         """Smooth ``x`` (NaN = missing); ``warmup`` overrides the layer's mode for this call.
 
         ``times`` ``(N, T)``, strictly increasing seconds: each lag decays by the time that
         passed (``time_unit``); a lag older than ``max_gap`` seconds is out of the window.
+        ``out``: a contiguous tensor of the output's shape, dtype and device to write into
+        (without autograd), so that repeated calls touch no fresh memory; the plain path
+        writes its GEMMs straight into it, the others copy their result.
         """
         mode = self.warmup if warmup is None else check_warmup(warmup)
         gap_mode = check_gaps(gaps)
@@ -254,11 +259,13 @@ class ConvEWMA(nn.Module):
             raise ValueError(
                 f"input must be (N, T), (N, 1, T) or (N, {self.channels}, T), got {tuple(x.shape)}"
             )
+        if out is not None:
+            self._check_out(x, out, stride)
         if x.shape[-1] == 0:
-            return x.new_empty(x.shape[0], self.channels, 0)
+            return x.new_empty(x.shape[0], self.channels, 0) if out is None else out
         if times is not None or max_gap is not None:
             y = self._smooth_times(x, times, mode, gap_mode, min_periods, max_gap)
-            return y if stride == 1 else y[..., ::stride].contiguous()
+            return into(y if stride == 1 else y[..., ::stride].contiguous(), out)
         # Row maxima and minima are NaN where a row holds a NaN: two fast reductions
         # instead of a boolean pass, and one number (one sync) for the common case.
         top, bottom = x.detach().amax(dim=-1), x.detach().amin(dim=-1)
@@ -269,8 +276,10 @@ class ConvEWMA(nn.Module):
             # in a narrow float can carry one just past the maximum (to infinity); float64
             # rounding is far finer than the narrow format's last place.
             wide = self.forward(x.double(), warmup, gaps=gaps, min_periods=min_periods, stride=stride)
-            return wide.to(x.dtype)
-        y = smooth(x, self._filter(mode, x.dtype, x.device), gap_mode, min_periods, gappy)
+            return into(wide.to(x.dtype), out)
+        # The plain and gap-aware paths write their output into `out` itself.
+        direct = out if stride == 1 and not (self.training and self.dropout > 0.0) else None
+        y = smooth(x, self._filter(mode, x.dtype, x.device), gap_mode, min_periods, gappy, direct)
         if mode == "adjust" and x.dtype != torch.float64:
             # The windows of the first (K-1)d outputs are partial: computed again in
             # float64 and rounded once, so that the first output is the first input
@@ -278,7 +287,20 @@ class ConvEWMA(nn.Module):
             exact = self._filter("adjust", torch.float64, x.device)
             y = exact_start(x, y, exact, gap_mode, min_periods, gaps_possible=gappy is not None)
         y = self._channel_dropout(y)
-        return y if stride == 1 else y[..., ::stride].contiguous()
+        return into(y if stride == 1 else y[..., ::stride].contiguous(), out)
+
+    def _check_out(self, x: Tensor, out: Tensor, stride: int) -> None:
+        """``out`` for ``x`` ``(N, 1 or C, T)``: the output's shape, dtype and device, contiguous."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.logits.requires_grad):
+            raise ValueError("out= is for inference: call under torch.no_grad() or torch.inference_mode()")
+        expected = (x.shape[0], self.channels, -(-x.shape[-1] // stride))
+        if tuple(out.shape) != expected or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(
+                f"out must be {expected} {x.dtype} on {x.device}, "
+                f"got {tuple(out.shape)} {out.dtype} on {out.device}"
+            )
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
 
     def _smooth_times(
         self, x: Tensor, times: Tensor | None, mode: str, gaps: str, min_periods: int, max_gap: float | None

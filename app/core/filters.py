@@ -48,27 +48,28 @@ class Filter:
         return self.taps.shape[1]
 
 
-def convolve(x: Tensor, f: Filter, taps: Tensor | None = None) -> Tensor:
-    """``(N, 1 or C, T)`` to ``(N, C, T)``: a filter bank, or depth-wise when ``x`` has C rows."""
+def convolve(x: Tensor, f: Filter, taps: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+    """``(N, 1 or C, T)`` to ``(N, C, T)``: a filter bank, or depth-wise when ``x`` has C rows;
+    into ``out`` when given (without autograd)."""
     taps = f.taps if taps is None else taps
     channels = taps.shape[0]
     if x.shape[-1] == 0:  # e.g. a row with no observation, packed by gaps="skip"
-        return x.new_empty(x.shape[0], channels, 0)
+        return x.new_empty(x.shape[0], channels, 0) if out is None else out
     depthwise = x.shape[1] == channels and channels > 1
     if torch.is_grad_enabled() and (x.requires_grad or taps.requires_grad):
         return causal_conv1d(x, taps, groups=channels if depthwise else 1, dilation=f.dilation)
     if not depthwise:
-        return causal_fir(x[:, 0], taps, fold=f.fold, dilation=f.dilation)
-    out = x.new_empty(x.shape)
+        return causal_fir(x[:, 0], taps, fold=f.fold, dilation=f.dilation, out=out)
+    out = x.new_empty(x.shape) if out is None else out
     for c in range(channels):
         ratio = None if f.fold is None else f.fold[c : c + 1]
         out[:, c] = causal_fir(x[:, c], taps[c : c + 1], fold=ratio, dilation=f.dilation)[:, 0]
     return out
 
 
-def dense(x: Tensor, f: Filter, min_periods: int) -> Tensor:
-    """A batch without missing values."""
-    y = convolve(x, f)
+def dense(x: Tensor, f: Filter, min_periods: int, out: Tensor | None = None) -> Tensor:
+    """A batch without missing values; into ``out`` when given (without autograd)."""
+    y = convolve(x, f, out=out)
     if f.start_scale is not None:
         y = _adjust_start(y, f.start_scale)
     return without_short_head(y, min_periods, f.dilation)
@@ -202,21 +203,24 @@ def exact_start(
     return y
 
 
-def smooth(x: Tensor, f: Filter, gaps: str, min_periods: int, gappy: Tensor | None) -> Tensor:
-    """``x`` ``(N, 1 or C, T)`` whose rows ``gappy`` hold a NaN (None: none does)."""
+def smooth(
+    x: Tensor, f: Filter, gaps: str, min_periods: int, gappy: Tensor | None, out: Tensor | None = None
+) -> Tensor:
+    """``x`` ``(N, 1 or C, T)`` whose rows ``gappy`` hold a NaN (None: none does); into
+    ``out`` (contiguous ``(N, C, T)``) when given, without autograd."""
     if gappy is None or not bool(gappy.any()):
-        return dense(x, f, min_periods)
+        return dense(x, f, min_periods, out)
     if torch.is_grad_enabled():
         return with_gaps(x, f, gaps, min_periods)
     # The gap-aware paths hold a few arrays as large as their output: run them a slice of
     # rows at a time into the output, so that their working memory stays bounded however
     # large the batch; a slice without a gap takes the plain path.
-    y = x.new_empty(x.shape[0], f.taps.shape[0], x.shape[2])
+    y = x.new_empty(x.shape[0], f.taps.shape[0], x.shape[2]) if out is None else out
     rows = max(1, GAP_WORKSPACE_VALUES // max(1, x.shape[2]))
     for first in range(0, x.shape[0], rows):
         part = slice(first, first + rows)
         if bool(gappy[part].any()):
             with_gaps(x[part], f, gaps, min_periods, out=y[part])
         else:
-            y[part] = dense(x[part], f, min_periods)
+            dense(x[part], f, min_periods, out=y[part])
     return y

@@ -83,9 +83,11 @@ def causal_fir(
     block: int = DEFAULT_BLOCK,
     fold: torch.Tensor | None = None,
     dilation: int = 1,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal FIR bank: ``x`` ``(N, T)``, ``taps`` ``(C, K)`` (lag order) to ``(N, C, T)``,
-    tap ``k`` at lag ``k * dilation``.
+    tap ``k`` at lag ``k * dilation``; written into ``out`` (contiguous ``(N, C, T)``) when
+    given, directly where the blocks tile ``T`` exactly.
 
     ``fold`` ``(C,)`` may be given when the second half of every kernel is the first
     half scaled, ``taps[:, h:] == fold[:, None] * taps[:, :h]`` with ``h = K / 2`` (true
@@ -113,14 +115,14 @@ def causal_fir(
     head = head_rows * block
     lane_length = -(-length // dilation)
     if lane_length < head + block or series * length * kernel_size <= _SMALL_PATH_ELEMENTS:
-        return causal_fir_small(x, taps, dilation)
+        return into(causal_fir_small(x, taps, dilation), out)
     if dilation > 1 and channels == 1:
         # oneDNN's depth-wise convolution (one group per series) takes a dilation at about
         # the cost of none for one channel (a bank needs the lanes below: one group per
         # series and channel is several times slower); the lanes' transposing copies
         # would cost about as much as the filter (benchmarks/README.md).
         depthwise = causal_conv1d(x.unsqueeze(0), taps.expand(series, kernel_size), series, dilation)
-        return depthwise.view(series, 1, length)
+        return into(depthwise.view(series, 1, length), out)
 
     blocks_per_lane = -(-lane_length // block)
     lane_padded = blocks_per_lane * block
@@ -153,7 +155,9 @@ def causal_fir(
     aligned[aligned.shape[0] - bank.shape[0] :] = bank
     banks = aligned.view(reach + 1, block, channels * block)
     blocks = flat.view(total_rows, block)
-    out = x.new_empty(series, channels, padded_length)
+    given = out
+    if out is None or padded_length != length:
+        out = x.new_empty(series, channels, padded_length)
 
     def accumulate(target: torch.Tensor, row_start: int, row_stop: int) -> None:
         # Non-overlapping input blocks are plain matrices that BLAS reads in place; an
@@ -201,4 +205,12 @@ def causal_fir(
     out[:, :, : head * dilation].view(series, channels, head, dilation).copy_(
         heads.view(series, dilation, channels, head).permute(0, 2, 3, 1)
     )
-    return out[:, :, :length] if padded_length != length else out
+    result = out[:, :, :length] if padded_length != length else out
+    return into(result, given)
+
+
+def into(result: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """``result``, or ``out`` holding it (unless ``result`` was written there already)."""
+    if out is None or (result.data_ptr() == out.data_ptr() and result.shape == out.shape):
+        return result
+    return out.copy_(result)

@@ -7,9 +7,15 @@ than an answer. ``SignalDrain`` delays that close. It first enters a drain windo
 which readiness is 503, new ``/smooth`` requests get 503 with ``Retry-After`` and every
 response carries ``Connection: close``, so that load balancers and clients move on,
 while requests already accepted finish normally. The window ends once no request has
-been running or arriving for ``DRAIN_QUIET_S``, or after ``drain_s`` at most. Only then
-does uvicorn's own graceful shutdown run: stop listening, finish open responses, run the
-lifespan shutdown, which drains the batcher.
+been running or arriving, and no connection opened since the signal is still open, for
+``DRAIN_QUIET_S``, or after ``drain_s`` at most. The drain then stops accepting at once,
+answers a connection whose accept was already under way, and only then does uvicorn's
+own graceful shutdown run: finish open responses, close idle connections, run the
+lifespan shutdown, which drains the batcher. Under gunicorn the workers share one
+listening socket: a worker that stops accepting leaves new connections to the others.
+What remains is HTTP/1.1's own race: a keep-alive connection idle since before the signal
+is closed by that shutdown, and a client reusing it at that instant sees a reset (clients
+and proxies retry idempotent requests only); the drain cannot tell it from an idle pool.
 
 The drain belongs to the app, not to one launcher: the lifespan enters ``SignalDrain``,
 which finds the running ``uvicorn.Server`` through the SIGTERM/SIGINT handler that
@@ -172,12 +178,17 @@ class SignalDrain:
         state = server.server_state
         started = last_activity = time.monotonic()
         last_count = state.total_requests
+        # Keep-alive connections open at the signal may stay idle for good (a proxy's pool):
+        # they do not hold the drain. One opened since is a client about to send, or sending.
+        before = frozenset(state.connections)
         self.log.info("draining: readiness and new work answer 503 until quiet for %g s", DRAIN_QUIET_S)
         ticks = 1
         idle_ticks = 0
+        listening = True
         while not server.should_exit:
             now = time.monotonic()
-            if state.tasks or state.total_requests != last_count:
+            newcomers = not state.connections <= before
+            if state.tasks or newcomers or state.total_requests != last_count:
                 last_count, last_activity, idle_ticks = state.total_requests, now, 0
             else:
                 idle_ticks += 1
@@ -186,7 +197,15 @@ class SignalDrain:
             # the listen backlog; closing then would reset them. Each tick yields to the
             # loop, so several idle ticks in a row mean nothing was waiting.
             quiet = idle_ticks >= QUIET_TICKS and now - last_activity >= DRAIN_QUIET_S
-            if quiet or now - started >= self.drain_s:
+            if listening and quiet:
+                # Stop accepting in this very step, before uvicorn's next look at should_exit
+                # (up to a tick later) does: a connection accepted in between would be closed
+                # unanswered. One more idle tick then lets an accept already under way show up
+                # as a newcomer, which is answered (with Connection: close) before handing on.
+                listening = False
+                for listener in getattr(server, "servers", ()):
+                    listener.close()
+            elif (not listening and idle_ticks >= 1) or now - started >= self.drain_s:
                 self.log.info("drained after %.1f s; shutting down", now - started)
                 self._originals[sig](sig, None)
                 return

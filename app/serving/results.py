@@ -82,6 +82,8 @@ def padded_times(times: torch.Tensor) -> torch.Tensor:
     return times
 
 
+# Far below 1 / K for any K <= 32: the check of the outputs is skipped only with a wide margin.
+OVERFLOW_FREE = 2.0**-20
 Tails = tuple[list[np.ndarray] | None, list[np.ndarray] | None]  # history, history_times
 
 
@@ -97,6 +99,7 @@ def finish(
     a history, the tails; a 422 naming the first series whose outputs overflow."""
     selection = None if job.channels == list(range(model_channels)) else np.asarray(job.channels)
     smoothed: list[np.ndarray] = []
+    check = may_overflow(rows, options)
     for index, output in enumerate(outputs):
         if job.history is not None:
             output = output[:, first_output(len(job.history[index]), options.stride) :]
@@ -106,12 +109,28 @@ def finish(
         elif selection is not None:
             output = output[selection]
         # NaN is a missing output, by the gap rules; only an infinity is an overflow.
-        if np.isinf(output).any():
+        if check and np.isinf(output).any():
             raise RequestError(
                 422, f"series[{index}]: the smoothed values overflow {options.dtype}; scale the input down"
             )
         smoothed.append(output)
     return smoothed, _tails(rows, job, options, reach)
+
+
+def may_overflow(rows: list[np.ndarray], options: SmoothOptions) -> bool:
+    """Whether an output can be infinite: only where an input reaches ``OVERFLOW_FREE`` of
+    the dtype's largest value (or a row has a missing value: then the outputs are looked
+    at). Every output and every partial sum of the layer weighs at most K inputs by
+    weights of at most 1, so below that nothing can overflow, and the outputs (C times
+    the inputs) need no look."""
+    limit = float(np.finfo(options.numpy_dtype).max) * OVERFLOW_FREE
+    for row in rows:
+        values = row[0] if options.timed else row  # (timed rows are values over times)
+        # max and min are vectorised (NaN-aware reductions are several times slower); a
+        # row with a missing value reads NaN here and sends the outputs to be looked at.
+        if values.size and not (-limit <= values.min() and values.max() <= limit):
+            return True
+    return False
 
 
 def _tails(rows: list[np.ndarray], job: SmoothJob, options: SmoothOptions, reach: Reach) -> Tails:

@@ -240,8 +240,12 @@ class SmoothingService:
         limits = RequestLimits(self.settings.max_series, self.settings.max_length)
         return await self.codec_call(deadline, parse_smooth_body, body, limits, self.channels, inline=inline)
 
-    async def smooth(self, job: SmoothJob, reservation: Reservation, deadline: Deadline) -> SmoothResult:
-        """Defaults, history, batching, channels and output checks for one parsed request."""
+    async def smooth(
+        self, job: SmoothJob, reservation: Reservation, deadline: Deadline, held: int = 0
+    ) -> SmoothResult:
+        """Defaults, history, batching, channels and output checks for one parsed request;
+        ``held``: bytes the caller keeps beside the job until the response is sent (a
+        binary body whose tensors the series are views of, the response it encodes)."""
         options = options_for(job, self.model.kernel_size, self.model.warmup)
         values = sum(len(s) for s in job.series) + sum(len(h) for h in job.history or ())
         rows = await self.codec_call(deadline, rows_of, job, inline=values <= INLINE_VALUES)
@@ -252,10 +256,11 @@ class SmoothingService:
         inputs = 1 if job.history is None else 2
         if options.timed:  # the times, and the (2, T) float64 rows of values and times
             inputs += -(-3 * 8 // itemsize)
-        needed = result_bytes(values, model_channels, copied, itemsize, inputs=inputs)
+        needed = result_bytes(values, model_channels, copied, itemsize, inputs=inputs) + held
         # Less than step 2 held, except for float64 or a history: then it may take more.
         reserve(reservation, needed, self._too_big(needed, reservation))
-        outputs = await asyncio.wait_for(self.batcher.submit(rows, options), deadline.check())
+        left = deadline.check()  # before submit(): a coroutine made and never awaited warns
+        outputs = await asyncio.wait_for(self.batcher.submit(rows, options), left)
         width = 1 if job.pairing == "each" else len(job.channels)
         smoothed, (history, history_times) = await self.codec_call(
             deadline,

@@ -460,7 +460,8 @@ async def test_label_sets_stay_bounded_under_random_paths_and_methods():
     assert "other" in routes
     assert "other" in methods
     assert len(statuses) <= 8, statuses
-    assert len(label_sets) <= 100, len(label_sets)
+    # A route label sees a few methods and statuses each: bounded by the routes, not the traffic.
+    assert len(label_sets) <= 20 * len(ROUTES | {"other"}), len(label_sets)
     buckets = {s.labels["le"] for s in scraped if s.name == "convewma_request_duration_seconds_bucket"}
     histogram_series = [s for s in scraped if s.name.startswith("convewma_request_duration_seconds")]
     assert len(histogram_series) == len(label_sets) * (len(buckets) + 2)  # buckets, sum, count

@@ -61,6 +61,8 @@ SMOOTH_OPTIONS = {
     "--data FILE": f"{DATA_HELP} (required)",
     "--index-col NAME": f"{INDEX_HELP}; copied to the output",
     "--weights FILE": f"safetensors model (default: {DEFAULT_WEIGHTS})",
+    "--url URL": "smooth through a running service at URL (e.g. http://127.0.0.1:8000) with its model, "
+    "instead of --weights (default: locally)",
     "--pairing {auto,each,bank}": "each: every column by the channel of its name (written under its name); "
     "bank: every column by every channel (written as column:channel); auto: each for the columns named "
     "like a channel, bank for the others (default: auto)",

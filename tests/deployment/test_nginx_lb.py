@@ -36,9 +36,13 @@ def nginx_binary() -> str:
     found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
     if found is None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        wait = ["-o", "DPkg::Lock::Timeout=300"]  # another apt-get (the podman set-up) may hold the lock
+        subprocess.run(["apt-get", *wait, "update", "-qq"], check=True, env=env, capture_output=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env=env, capture_output=True
+            ["apt-get", *wait, "install", "-y", "-qq", "nginx-light"],
+            check=True,
+            env=env,
+            capture_output=True,
         )
         found = "/usr/sbin/nginx"
     return found

@@ -99,3 +99,16 @@ def test_traffic_keeps_the_drain_open_until_its_limit(launch):
     assert statuses.count(503) >= 10, statuses  # refused while draining, as clients kept coming
     assert set(statuses) <= {200, 503}, statuses
     assert process.returncode == 0, log.read_text()
+
+
+def test_a_keep_alive_connection_left_idle_does_not_hold_the_drain(launch):
+    base, process, log = launch(CONVEWMA_DRAIN_S="20")
+    with httpx.Client(base_url=base, timeout=5) as client:
+        assert client.post("/smooth", json={"series": [[1.0, 2.0]]}).status_code == 200  # stays open
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        exited = Exit(process, limit_s=QUIET_S + MARGIN_S)
+        exited.thread.join()
+    assert exited.at is not None, "an idle keep-alive connection held the drain to its limit"
+    assert exited.at - sent >= QUIET_S
+    assert process.returncode == 0, log.read_text()

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -237,7 +238,7 @@ def test_sigterm_under_keep_alive_load_loses_nothing_and_exits(launch, name):
 
 @pytest.mark.parametrize(
     ("name", "group"),
-    [("uvicorn", False), ("gunicorn-uvicorn-worker", False), ("gunicorn-uvicorn-worker", True)],
+    [*((name, False) for name in LAUNCHERS), ("gunicorn-uvicorn-worker", True)],
 )
 def test_an_idle_server_drains_for_the_quiet_period_then_exits(launch, name, group):
     # Without the app's drain, these launchers close the listener at once on SIGTERM. With
@@ -248,5 +249,45 @@ def test_an_idle_server_drains_for_the_quiet_period_then_exits(launch, name, gro
     print(f"{name}: exited {exited_after:.2f} s after SIGTERM{' to the group' if group else ''}, idle")
     assert drain.DRAIN_QUIET_S <= exited_after < drain.DRAIN_QUIET_S + 5, exited_after
     log = server.log.read_text(errors="replace")
+    assert server.process.returncode == server.status, log
+    assert log.count("drained after") == server.workers, log
+
+
+def read_until_closed(sock: socket.socket, limit_s: float) -> bytes:
+    sock.settimeout(limit_s)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+LATE_REQUEST = (
+    b"POST /smooth HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+    b"content-length: 24\r\n\r\n" + b'{"series": [[1.0, 2.0]]}'
+)
+
+
+@pytest.mark.parametrize("name", list(LAUNCHERS))
+def test_a_connection_opened_while_draining_is_answered_even_if_its_request_comes_late(launch, name):
+    # A client that has connected but not yet sent (slow, or its CPU busy) is not idle: a
+    # worker shutting down under it would close it unanswered, a reset where a 503 is due.
+    server = launch(name, CONVEWMA_DRAIN_S="20")
+    server.sigterm()
+    deadline = time.monotonic() + 10
+    while server.log.read_text(errors="replace").count("draining: readiness") < server.workers:
+        assert time.monotonic() < deadline, server.log.read_text(errors="replace")
+        time.sleep(0.02)
+    port = int(server.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        time.sleep(2 * drain.DRAIN_QUIET_S)  # past the quiet period, the request unsent
+        sock.sendall(LATE_REQUEST)
+        answer = read_until_closed(sock, limit_s=10)
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 503"), answer
+    assert b"\r\nconnection: close" in head, answer
+    assert b"\r\nretry-after: " in head, answer
+    exited_after = server.exit_after()
+    log = server.log.read_text(errors="replace")
+    assert 2 * drain.DRAIN_QUIET_S <= exited_after < 2 * drain.DRAIN_QUIET_S + 5, exited_after
     assert server.process.returncode == server.status, log
     assert log.count("drained after") == server.workers, log

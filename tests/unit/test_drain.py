@@ -46,6 +46,17 @@ class Clock:
         return self.readings - 2  # of the last reading
 
 
+class Listener:
+    """Stands for one of uvicorn's ``asyncio.Server`` listeners: notes when it is closed."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.closed_at: list[int] = []
+
+    def close(self) -> None:
+        self.closed_at.append(self.clock.tick)
+
+
 class RecordingServer(uvicorn.Server):
     """uvicorn's server, noting the tick at which the drain hands it each signal."""
 
@@ -53,6 +64,10 @@ class RecordingServer(uvicorn.Server):
         super().__init__(uvicorn.Config(empty_app))
         self.clock = clock
         self.exits: list[tuple[int, int]] = []
+        self.servers = [Listener(clock), Listener(clock)]  # type: ignore[list-item]
+
+    def closed_at(self) -> list[list[int]]:
+        return [listener.closed_at for listener in self.servers]  # type: ignore[attr-defined]
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.exits.append((sig, self.clock.tick))
@@ -136,29 +151,80 @@ def arrival(server: uvicorn.Server) -> object:
     return arrive
 
 
+def connect(server: uvicorn.Server, connection: object) -> object:
+    return lambda: server.server_state.connections.add(connection)  # type: ignore[arg-type]
+
+
+def answer(server: uvicorn.Server, connection: object) -> object:
+    """The connection's one request is answered and, draining, the connection closed."""
+
+    def done() -> None:
+        server.server_state.total_requests += 1
+        server.server_state.connections.discard(connection)  # type: ignore[arg-type]
+
+    return done
+
+
 # QUIET_TICKS = 5 ticks and DRAIN_QUIET_S = 0.5 s must both have passed since the last
 # activity. With 1/8 s ticks the count decides (5 ticks = 0.625 s); with 1/16 s ticks the
-# time does (8 ticks = 0.5 s exactly).
+# time does (8 ticks = 0.5 s exactly). At that tick the listeners close; the signal goes
+# on to uvicorn one idle tick later, once no accept was under way.
 @pytest.mark.parametrize(
-    ("step_s", "arrivals", "tick", "drained_after"),
+    ("step_s", "arrivals", "quiet_tick", "drained_after"),
     [
-        (0.125, [], 5, "0.6"),
-        (0.0625, [], 8, "0.5"),
-        (0.125, [3], 8, "1.0"),  # quiet counted again from tick 3
-        (0.0625, [2], 10, "0.6"),
+        (0.125, [], 5, "0.8"),
+        (0.0625, [], 8, "0.6"),
+        (0.125, [3], 8, "1.1"),  # quiet counted again from tick 3
+        (0.0625, [2], 10, "0.7"),
     ],
     ids=["ticks decide", "time decides", "an arrival restarts the count", "an arrival restarts the time"],
 )
 def test_the_drain_ends_once_quiet_for_both_the_ticks_and_the_time(
-    server, clock, step_s, arrivals, tick, drained_after
+    server, clock, step_s, arrivals, quiet_tick, drained_after
 ):
     clock.step_s = step_s
     clock.activity = {k: arrival(server) for k in arrivals}
     records = run_drain(server, clock)
-    assert server.exits == [(signal.SIGTERM, tick)]
+    assert server.closed_at() == [[quiet_tick], [quiet_tick]]  # stopped accepting once quiet
+    assert server.exits == [(signal.SIGTERM, quiet_tick + 1)]
     assert server._captured_signals == [signal.SIGTERM]  # handed on as SIGTERM: uvicorn re-raises it
     assert records.messages[0] == (0, "draining: readiness and new work answer 503 until quiet for 0.5 s")
-    assert records.messages[-1] == (tick, f"drained after {drained_after} s; shutting down")
+    assert records.messages[-1] == (quiet_tick + 1, f"drained after {drained_after} s; shutting down")
+
+
+def test_a_connection_opened_while_draining_holds_the_drain_until_it_is_answered(server, clock):
+    # Accepted at tick 1, its request not read yet: closing now would reset it unanswered.
+    connection = object()
+    clock.activity = {1: connect(server, connection), 7: answer(server, connection)}
+    run_drain(server, clock)
+    assert server.closed_at() == [[12], [12]]  # quiet counted from its answer at tick 7
+    assert server.exits == [(signal.SIGTERM, 13)]
+
+
+def test_a_keep_alive_connection_idle_since_before_the_signal_does_not_hold_the_drain(server, clock):
+    server.server_state.connections.add(object())  # type: ignore[arg-type]  # a proxy's idle pool
+    run_drain(server, clock)
+    assert server.closed_at() == [[5], [5]]
+    assert server.exits == [(signal.SIGTERM, 6)]
+
+
+@pytest.mark.parametrize("answered_tick", [7, 9])
+def test_an_accept_under_way_when_the_listeners_close_is_answered_before_handing_on(
+    server, clock, answered_tick
+):
+    # The listeners close at tick 5; a connection accepted just before shows up at tick 6.
+    connection = object()
+    clock.activity = {6: connect(server, connection), answered_tick: answer(server, connection)}
+    run_drain(server, clock)
+    assert server.closed_at() == [[5], [5]]  # closed once, not again
+    assert server.exits == [(signal.SIGTERM, answered_tick + 1)]
+
+
+def test_the_drain_limit_hands_on_while_still_listening_and_leaves_the_close_to_uvicorn(server, clock):
+    server.server_state.tasks.add(object())  # type: ignore[arg-type]  # one request never ends
+    run_drain(server, clock, drain_s=1.0)
+    assert server.exits == [(signal.SIGTERM, 8)]
+    assert server.closed_at() == [[], []]
 
 
 def test_constant_traffic_keeps_the_drain_open_until_drain_s_exactly_and_logs_once_a_second(server, clock):

@@ -302,3 +302,53 @@ def test_cached_constants_follow_in_place_updates_and_modes(warmup):
     x.requires_grad_(True)
     layer(x).sum().backward()  # type: ignore[no-untyped-call]
     assert x.grad is not None
+
+
+# -- out=: written in place, equal to a fresh output -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("channels", "shape", "options"),
+    [
+        (1, (6, 4096), {}),
+        (3, (6, 4096), {"warmup": "adjust"}),
+        (3, (5, 3000), {}),  # T not a multiple of the GEMM blocks: computed, then copied
+        (3, (4, 3, 2048), {}),  # depth-wise
+        (1, (3, 4096), {"dilation": 4}),
+        (3, (3, 4096), {"gaps": "skip", "missing": True}),
+        (3, (3, 4096), {"missing": True, "min_periods": 3}),
+        (2, (3, 4096), {"stride": 3}),
+        (2, (3, 500), {"times": True}),
+        (2, (2, 70), {}),  # the small path
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_out_holds_exactly_what_a_fresh_call_returns(channels, shape, options, dtype):
+    options = dict(options)
+    layer = ConvEWMA(channels, 32, dilation=options.pop("dilation", 1), alpha=[0.2, 0.5, 0.9][:channels])
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3), dtype=dtype).cumsum(-1)
+    if options.pop("missing", False):
+        x[..., 7::13] = float("nan")
+    if options.pop("times", False):
+        options["times"] = torch.cumsum(torch.rand(shape[0], shape[-1], dtype=torch.float64) + 0.1, -1)
+    with torch.inference_mode():
+        fresh = layer(x, **options)
+        out = torch.full_like(fresh, 123.0)
+        returned = layer(x, **options, out=out)
+    assert returned is out
+    torch.testing.assert_close(out, fresh, rtol=0, atol=0, equal_nan=True)
+
+
+def test_out_is_checked():
+    layer = ConvEWMA(2, 8)
+    x = torch.randn(3, 100)
+    with torch.inference_mode():
+        for bad, message in [
+            (torch.empty(3, 2, 99), r"out must be \(3, 2, 100\) torch.float32 on cpu, got \(3, 2, 99\)"),
+            (torch.empty(3, 2, 100, dtype=torch.float64), "got .* torch.float64"),
+            (torch.empty(3, 100, 2).transpose(1, 2), "out must be contiguous"),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                layer(x, out=bad)
+    with pytest.raises(ValueError, match="out= is for inference"):
+        layer(x, out=torch.empty(3, 2, 100))

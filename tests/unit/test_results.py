@@ -10,7 +10,7 @@ import torch
 
 from app.api.schemas import RequestError, SmoothJob
 from app.serving.options import SmoothOptions
-from app.serving.results import Reach, finish, options_for, padded_times, rows_of
+from app.serving.results import Reach, finish, may_overflow, options_for, padded_times, rows_of
 from tests.reference import history_tail_reference
 
 C = 3  # channels of the pretend model
@@ -112,14 +112,37 @@ def test_each_series_keeps_its_own_channel_and_an_infinity_names_its_series():
     smoothed, _ = finish(batch_outputs(series), series, job, SmoothOptions("zeros"), Reach(4, 1), C)
     np.testing.assert_array_equal(smoothed[0], np.full((1, 4), 3.0))
     np.testing.assert_array_equal(smoothed[1], np.full((1, 4), 2.0))
-    overflowing = batch_outputs(series)
+    # Inputs this far from the float32 maximum cannot overflow: the outputs are not looked at.
+    injected = batch_outputs(series)
+    injected[1][0, 2] = np.inf
+    assert finish(injected, series, job, SmoothOptions("zeros"), Reach(4, 1), C)[0][1][0, 2] == np.inf
+    huge = [series[0], np.full(4, 4e32, np.float32)]  # past OVERFLOW_FREE: every output is checked
+    overflowing = batch_outputs(huge)
     overflowing[1][0, 2] = np.inf
     with pytest.raises(RequestError) as error:
-        finish(overflowing, series, job, SmoothOptions("zeros"), Reach(4, 1), C)
+        finish(overflowing, huge, job, SmoothOptions("zeros"), Reach(4, 1), C)
     assert (error.value.status, error.value.detail) == (
         422,
         "series[1]: the smoothed values overflow float32; scale the input down",
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("timed", [False, True])
+def test_overflow_is_possible_only_near_the_largest_value(dtype, timed):
+    largest = float(np.finfo(dtype).max)
+    options = SmoothOptions("zeros", dtype=dtype, timed=timed)  # type: ignore[arg-type]
+
+    def rows(*values: float) -> list[np.ndarray]:
+        row = np.array(values, dtype)
+        return [np.stack([row, np.arange(len(values), dtype=dtype)]) if timed else row]
+
+    limit = largest * 2.0**-20
+    assert not may_overflow(rows(1.0, -limit, limit), options)
+    assert may_overflow(rows(1.0, 2.0, limit * 1.01), options)
+    assert may_overflow(rows(-limit * 1.01, 3.0), options)
+    assert may_overflow(rows(np.nan, 1.0), options)  # a missing value: the outputs are looked at
+    assert not may_overflow([np.empty((2, 0) if timed else 0, dtype)], options)
 
 
 @pytest.mark.parametrize(("asked", "expected"), [(None, "adjust"), ("zeros", "zeros")])
