@@ -177,10 +177,13 @@ def fit(
         with torch.no_grad():
             total, count = _channel_losses(model, inputs, times)
             losses = total / count
+        channel_losses = tuple(float(v) for v in losses)
         return TrainResult(
             model=model,
-            channel_losses=tuple(float(v) for v in losses),
-            final_loss=float(losses.mean()),
+            channel_losses=channel_losses,
+            # fsum, not torch's mean: its rounding of a 3-value sum differed between two
+            # AVX-512 EPYC machines, and the model card's bytes should not.
+            final_loss=math.fsum(channel_losses) / len(channel_losses),
             forecasts=tuple(int(n) for n in count.tolist()),
         )
     finally:

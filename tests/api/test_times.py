@@ -14,6 +14,7 @@ import pytest
 
 from tests.api.test_contract import post, serving
 from tests.api.test_real_world import ALPHAS, DILATION, SHIPPED, K, as_array, as_json, assert_close, with_gaps
+from tests.api.test_real_world import expected as plain_expected
 from tests.reference import halflife_of, smooth_times_reference
 
 pytestmark = pytest.mark.anyio
@@ -144,7 +145,9 @@ async def test_twenty_chunks_with_history_and_its_times_equal_one_request(gaps, 
 
 
 async def test_time_aware_and_plain_requests_at_once_are_each_exact():
-    # They never share a batch: each request's answer is what it would be alone.
+    # They never share a batch: each request's answer is what it would be alone, to rounding
+    # (a batch's width may pick other SIMD kernels: on an AVX-512 EPYC the last bit moves),
+    # and each matches its own reference (a time-aware row smoothed by steps would not).
     rng = np.random.default_rng(23)
     bodies = []
     for index in range(12):
@@ -158,11 +161,13 @@ async def test_time_aware_and_plain_requests_at_once_are_each_exact():
         alone = [await post(http, body) for body in bodies]
     for body, answer, single in zip(bodies, together, alone, strict=True):
         assert answer.status_code == 200, answer.text
-        assert answer.json()["smoothed"] == single.json()["smoothed"]
+        got = as_array(answer.json()["smoothed"][0])
+        assert_close(got, as_array(single.json()["smoothed"][0]), 1e-13)
         values = as_array(body["series"][0])
         if "times" in body:
-            want = expected(values, np.array(body["times"][0]), ALL)
-            assert_close(as_array(answer.json()["smoothed"][0]), want, 1e-12)
+            assert_close(got, expected(values, np.array(body["times"][0]), ALL), 1e-12)
+        else:
+            assert_close(got, plain_expected(values, ALL), 1e-12)
 
 
 async def test_an_even_grid_one_time_unit_apart_answers_as_without_times():

@@ -157,8 +157,9 @@ def test_largest_requests_fit_the_manifest_memory_and_probes_answer(server):
 def test_abandoned_requests_are_dropped_and_counted_499(server):
     base, process, log = server
     before = scrape(base)
+    rows = 160
     body = orjson.dumps(
-        {"series": np.random.default_rng(9).normal(size=(160, 10_000)).astype(np.float32)},
+        {"series": np.random.default_rng(9).normal(size=(rows, 10_000)).astype(np.float32)},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     head = (
@@ -169,17 +170,29 @@ def test_abandoned_requests_are_dropped_and_counted_499(server):
     for _ in range(clients):  # send everything, then hang up without reading
         with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as sock:
             sock.sendall(head.encode() + body)
-    after = wait_idle(base)
+    # Idle alone is not enough: the last bodies can sit in socket buffers, not yet admitted,
+    # when a scrape finds nothing in progress (CI saw 7 of 20 counted).
+    deadline = time.monotonic() + 30
+    while True:
+        after = wait_idle(base)
+        statuses = {
+            key: after[key] - before.get(key, 0)
+            for key in after
+            if key.startswith("convewma_requests_total{") and 'route="/smooth"' in key
+        }
+        if sum(statuses.values()) >= clients or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sum(statuses.values()) == clients, statuses
     cpu_then = cpu_seconds(process.pid)
     time.sleep(1.0)
     assert cpu_seconds(process.pid) - cpu_then < 0.3  # nothing left running for them
-    key = 'convewma_requests_total{method="POST",route="/smooth",status="499"}'
-    if key not in after:  # before the method label exists
-        key = 'convewma_requests_total{route="/smooth",status="499"}'
-    dropped = after.get(key, 0) - before.get(key, 0)
-    assert dropped >= clients // 2
-    batches = 'convewma_batches_total{outcome="ok"}'
-    assert after.get(batches, 0) - before.get(batches, 0) <= clients - dropped + 1  # their work never ran
+    dropped = statuses.get('convewma_requests_total{method="POST",route="/smooth",status="499"}', 0)
+    assert dropped >= clients // 2, statuses
+    # Work is dropped unless a batch took it before the hang-up was read: with both cores
+    # busy a few requests' rows get computed (2-3 of 20 here), never most of them.
+    computed = after["convewma_batch_series_sum"] - before.get("convewma_batch_series_sum", 0)
+    assert computed <= (clients - dropped + clients // 4) * rows, (computed, statuses)
     text = log.read_text()
     assert "client disconnected" in text
     assert "Traceback" not in text
