@@ -7,7 +7,11 @@ tests/api/test_client_inprocess.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -155,6 +159,54 @@ def test_the_async_client_and_its_stream(server) -> None:
         assert_close(one, expected(row, ALL), 1e-12)
         assert_close(got, expected(row, ALL), 1e-12)
     assert float(ALPHAS[0]) > 0
+
+
+@contextmanager
+def hanging_up() -> Iterator[str]:
+    """A listener that reads each request and closes the connection without an answer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(10)
+        listener.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_refused_or_dropped_connection_is_one_error_with_its_cause(kind: str) -> None:
+    async def smooth(url: str) -> None:
+        async with AsyncConvEWMAClient(url, timeout=10) as client:
+            await client.smooth(np.ones(3))
+
+    def call(url: str) -> None:
+        if kind == "async":
+            asyncio.run(smooth(url))
+        else:
+            with ConvEWMAClient(url, timeout=10) as client:
+                client.smooth(np.ones(3))
+
+    with pytest.raises(ConvEWMAError) as refused:
+        call("http://127.0.0.1:9")
+    assert refused.value.status is None
+    assert "connect" in refused.value.reason.lower(), refused.value.reason
+    with hanging_up() as url, pytest.raises(ConvEWMAError) as dropped:
+        call(url)
+    assert dropped.value.status is None
+    reason = dropped.value.reason.lower()
+    assert "disconnected" in reason and "timeout" not in reason, reason  # (not a time-out)
 
 
 def test_the_readme_pandas_example_runs_as_printed(server) -> None:
