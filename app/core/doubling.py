@@ -8,34 +8,51 @@ by the time between the two halves' newest positions. A window of ``n`` lags is 
 the blocks of ``n``'s binary digits, newest first, each decayed by the time since its newest
 position. Every weight is at most 1 and every term is added, never subtracted: the rounding
 is that of a sum of K terms, as in the unfolded K-pass form, in about ``3 log2(K)`` passes.
-The ages ``tau_p - tau_{p - 2^j d}`` double the same way, from the exact float64
-differences one dilation apart.
+The block decays ``D_j[p] = v(p, p - 2^j d)`` double by products,
+``D_{j+1}[p] = D_j[p] D_j[p - 2^j d]``, from one ``exp`` per position of the exact float64
+differences one dilation apart: a multiplication where an ``exp`` of doubled ages was
+(which cost a quarter of the time-aware forward), with ``j`` more roundings in ``D_j``.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 
-def first_ages(tau: Tensor, dilation: int, dtype: torch.dtype, scale: float = 1.0) -> Tensor:
-    """``G_0[p] = scale * (tau_p - tau_{p - d})`` in ``dtype`` for ``p >= d`` (0 before), from
-    ``tau`` ``(..., L)`` float64: exact differences, rounded once."""
-    first = tau.new_empty(tau.shape, dtype=dtype)
-    first[..., :dilation] = 0.0
-    first[..., dilation:] = tau[..., dilation:] - tau[..., :-dilation]
-    if scale != 1.0:
-        first *= scale
-    return first
+def first_decays(
+    tau: Tensor, dilation: int, dtype: torch.dtype, scale: Tensor | float, before: Tensor | None = None
+) -> Tensor:
+    """``D_0[p] = exp(scale * (tau_p - tau_{p - d}))`` in ``dtype`` for ``p >= d`` (1 before),
+    from ``tau`` ``(..., L)`` float64: exact differences, rounded once, then the ``exp``; a
+    tensor ``scale`` (one per channel, ``(1, C, 1)``) widens the rows to the channels.
+    ``before`` ``(..., P)``: the times of ``P`` positions ahead of ``tau``'s, read as if the
+    two were one row (the same differences, without the copy of ``tau`` a join would take)."""
+    d, ahead = dilation, 0 if before is None else before.shape[-1]
+    length = ahead + tau.shape[-1]
+    ages = tau.new_empty((*tau.shape[:-1], length), dtype=dtype)
+    ages[..., :d] = 0.0
+    if before is not None and ahead:
+        if ahead > d:
+            ages[..., d:ahead] = before[..., d:] - before[..., :-d]
+        first, last = max(ahead, d), min(ahead + d, length)  # reaching back into ``before``
+        if last > first:
+            ages[..., first:last] = tau[..., first - ahead : last - ahead] - before[..., first - d : last - d]
+    if length > ahead + d:
+        ages[..., ahead + d :] = tau[..., d:] - tau[..., :-d]
+    if isinstance(scale, Tensor):
+        return torch.exp(ages * scale)  # (the gradient flows from ``scale``)
+    return ages.mul_(scale).exp_()
 
 
-def _older_ages(ages: Tensor, shift: int) -> Tensor:
-    """``G_{j+1}`` from ``G_j`` (``shift = 2^j d``): the ages of two adjacent blocks added."""
-    doubled = torch.empty_like(ages)
-    doubled[..., : 2 * shift] = 0.0  # (nor are the positions before 2 shift whole)
-    torch.add(ages[..., 2 * shift :], ages[..., shift:-shift], out=doubled[..., 2 * shift :])
+def _older_decays(decays: Tensor, shift: int) -> Tensor:
+    """``D_{j+1}`` from ``D_j`` (``shift = 2^j d``): the decays of two adjacent blocks multiplied."""
+    if torch.is_grad_enabled() and decays.requires_grad:
+        head = torch.ones_like(decays[..., : 2 * shift])
+        return torch.cat((head, decays[..., 2 * shift :] * decays[..., shift:-shift]), dim=-1)
+    doubled = torch.empty_like(decays)
+    doubled[..., : 2 * shift] = 1.0  # (nor are the positions before 2 shift whole)
+    torch.mul(decays[..., 2 * shift :], decays[..., shift:-shift], out=doubled[..., 2 * shift :])
     return doubled
 
 
@@ -58,27 +75,23 @@ def _double(blocks: Tensor, weights: Tensor | None, shift: int) -> Tensor:
     return out
 
 
-Weigh = Callable[[Tensor], Tensor]
-"""The decay ``v`` of an age (``exp(scale * age)``)."""
-
-
 def levels(
-    z: Tensor, ages: Tensor, weigh: Weigh, top: int, dilation: int, keep: set[int] | None = None
+    z: Tensor, decays: Tensor, top: int, dilation: int, keep: set[int] | None = None
 ) -> tuple[list[Tensor | None], list[Tensor | None]]:
-    """``[A_0 .. A_top]`` of ``z`` ``(..., L)`` and ``[G_0 .. G_top]`` from ``ages`` = ``G_0``;
+    """``[A_0 .. A_top]`` of ``z`` ``(..., L)`` and ``[D_0 .. D_top]`` from ``decays`` = ``D_0``;
     with ``keep``, only the levels in it are kept (the others are None), so that the
-    working set of a chunk stays in cache; the ages one more level than the sums."""
+    working set of a chunk stays in cache; the decays one more level than the sums."""
     found: list[Tensor | None] = [z if keep is None or 0 in keep else None]
-    kept: list[Tensor | None] = [ages if keep is None or 0 in keep else None]
+    kept: list[Tensor | None] = [decays if keep is None or 0 in keep else None]
     blocks = z
     for level in range(top + 1):
         shift = 2**level * dilation
         if level < top:
-            blocks = _double(blocks, weigh(ages[..., shift:]), shift)
+            blocks = _double(blocks, decays[..., shift:], shift)
             found.append(blocks if keep is None or level + 1 in keep else None)
         if level + 1 <= top:
-            ages = _older_ages(ages, shift)
-            kept.append(ages if keep is None or level + 1 in keep else None)
+            decays = _older_decays(decays, shift)
+            kept.append(decays if keep is None or level + 1 in keep else None)
     if keep is not None and top not in keep:
         found[top] = blocks
     return found, kept
@@ -94,17 +107,16 @@ def count_levels(real: Tensor, top: int, dilation: int) -> list[Tensor]:
 
 def window(
     found: list[Tensor | None],
-    ages: list[Tensor | None],
-    weigh: Weigh | None,
+    decays: list[Tensor | None] | None,
     lags: int,
     dilation: int,
     start: int,
 ) -> Tensor:
     """``sum_{k < lags} v(q, q - k d) A_0[q - k d]`` for the outputs ``q = start ..`` (the
-    same number of lags for every output; ``start >= (lags - 1) d``)."""
+    same number of lags for every output; ``start >= (lags - 1) d``); no ``decays``: counts."""
     length = next(f for f in found if f is not None).shape[-1]
     total: Tensor | None = None
-    age: Tensor | None = None  # from each output to the newest position of the next block
+    decay: Tensor | None = None  # from each output to the newest position of the next block
     offset = 0
     for bit in range(len(found) - 1, -1, -1):
         if not lags >> bit & 1:
@@ -112,14 +124,14 @@ def window(
         blocks = found[bit]
         assert blocks is not None
         part = blocks[..., start - offset : length - offset]
-        if age is not None and weigh is not None:
-            part = part * weigh(age)
+        if decay is not None:
+            part = part * decay
         total = part if total is None else total + part
-        if weigh is not None and bit and lags & (2**bit - 1):  # an older block follows
-            older = ages[bit]
+        if decays is not None and bit and lags & (2**bit - 1):  # an older block follows
+            older = decays[bit]
             assert older is not None
             step = older[..., start - offset : length - offset]
-            age = step if age is None else age + step
+            decay = step if decay is None else decay * step
         offset += 2**bit * dilation
     assert total is not None
     return total
@@ -127,8 +139,7 @@ def window(
 
 def ragged_window(
     found: list[Tensor | None],
-    ages: list[Tensor | None],
-    weigh: Weigh | None,
+    decays: list[Tensor | None] | None,
     lags: Tensor,
     dilation: int,
     start: int,
@@ -138,7 +149,7 @@ def ragged_window(
     source = torch.arange(start, length, device=lags.device).expand(lags.shape)
     lags = lags.to(torch.uint8)  # (at most 32: the bit tests read a byte per output)
     total: Tensor | None = None
-    age: Tensor | None = None
+    decay: Tensor | None = None
     for bit in range(len(found) - 1, -1, -1):
         taken = (lags & (1 << bit)).bool()
         if not bool(taken.any()):  # (short windows, as after a max_gap, skip the long blocks)
@@ -147,13 +158,14 @@ def ragged_window(
         assert blocks is not None
         part = blocks.gather(-1, source.expand(*blocks.shape[:-1], source.shape[-1]))
         # The weight is 0 where this block is not taken: a where on the weights, not on the sums.
-        weight = taken.to(part.dtype) if age is None or weigh is None else weigh(age) * taken
+        weight = taken.to(part.dtype) if decay is None else decay * taken
         part = part * weight
         total = part if total is None else total + part
-        older = ages[bit] if 0 < bit < len(ages) else None
-        if older is not None:  # (an older block may follow)
-            step = older.gather(-1, source) * taken
-            age = step if age is None else age + step
+        older = decays[bit] if decays is not None and 0 < bit < len(decays) else None
+        if older is not None:  # (an older block may follow; one not taken decays by 1)
+            reached = older.gather(-1, source.expand(*older.shape[:-1], source.shape[-1]))
+            step = torch.where(taken, reached, 1.0)
+            decay = step if decay is None else decay * step
         # (below 0 only where no block is left to take)
         source = (source - taken * (2**bit * dilation)).clamp_(min=0)
     assert total is not None

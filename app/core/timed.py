@@ -111,37 +111,29 @@ def _windows(
     complete = not bool(torch.isnan(x.detach().sum()))
     observed = torch.ones((), dtype=torch.bool, device=x.device) if complete else ~torch.isnan(x)
     raw = o.warmup == "zeros" and not o.normalize
-    given = tau
-    if pad:
-        # The positions before the start: zeros on the grid continued backwards, observed
-        # (in the denominator only) in zeros mode and absent in adjust mode.
-        before = torch.arange(-pad, 0, device=x.device, dtype=torch.float64) * o.time_unit
-        tau = torch.cat((tau[..., :1] + before, tau), dim=-1)
+    # The positions before the start: zeros on the grid continued backwards, observed (in
+    # the denominator only) in zeros mode and absent in adjust mode.
+    grid = torch.arange(-pad, 0, device=x.device, dtype=torch.float64) * o.time_unit
+    before = tau[..., :1] + grid
     z = windows.padded_inputs(x, observed, complete, raw, o.warmup, pad)
     top = o.kernel_size.bit_length() - 1
     scale = (torch.log1p(-alphas) / o.time_unit).view(1, -1, 1)  # the gradient flows from here
-    weigh: doubling.Weigh
     if scale.numel() == 1 and not (torch.is_grad_enabled() and scale.requires_grad):
-        # One channel: the ages are scaled once, not at every level.
-        ages = doubling.first_ages(tau, o.dilation, x.dtype, float(scale))
-        weigh = torch.exp
+        decays = doubling.first_decays(tau, o.dilation, x.dtype, float(scale), before)  # (one channel)
     else:
-        ages = doubling.first_ages(tau, o.dilation, x.dtype)
-
-        def weigh(age: Tensor) -> Tensor:
-            return torch.exp(age * scale)
-
+        decays = doubling.first_decays(tau, o.dilation, x.dtype, scale, before)
     # A window of K lags reads the levels of K's binary digits (a ragged one, every level).
     keep = None if o.max_gap is not None else {bit for bit in range(top + 1) if o.kernel_size >> bit & 1}
-    sums, levels = doubling.levels(z, ages, weigh, top, o.dilation, keep)
-    del z, ages
-    lags = None if o.max_gap is None else windows.lags_within(tau, o, history)
+    sums, levels = doubling.levels(z, decays, top, o.dilation, keep)
+    del z, decays
+    lags = None if o.max_gap is None else windows.lags_within(torch.cat((before, tau), dim=-1), o, history)
     if lags is None:
-        totals = doubling.window(sums, levels, weigh, o.kernel_size, o.dilation, history)
+        totals = doubling.window(sums, levels, o.kernel_size, o.dilation, history)
     else:
-        totals = doubling.ragged_window(sums, levels, weigh, lags, o.dilation, history)
+        totals = doubling.ragged_window(sums, levels, lags, o.dilation, history)
     del sums, levels
     valid = windows.real_lags(observed, complete, lags, o, pad, length) >= max(1, o.min_periods)
+    direct = False  # whether ``y`` was written into ``out``
     if raw:
         y = alphas.view(1, -1, 1) * totals[0]
     else:
@@ -150,16 +142,20 @@ def _windows(
         if underflow and bool((valid & (denominator < torch.finfo(x.dtype).tiny)).any()):
             # Every observed lag of some window is so old that its weight is subnormal or
             # zero in this dtype; float64's range reaches ages seven times as long.
-            wide = _windows(x.double(), given, alphas.double(), options, None, lead).to(x.dtype)
+            wide = _windows(x.double(), tau, alphas.double(), options, None, lead).to(x.dtype)
             return wide if out is None else out.copy_(wide)
         if torch.is_grad_enabled() and denominator.requires_grad:  # no 0 / 0 in the backward pass
             valid = valid & (denominator > 0)
             denominator = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
-        y = numerator / denominator  # 0 / 0 where no lag weighs: NaN
+        # 0 / 0 where no lag weighs: NaN. Into ``out`` itself where it can: a pass saved.
+        direct = out is not None and numerator.shape == out.shape and not denominator.requires_grad
+        y = torch.div(numerator, denominator, out=out) if direct else numerator / denominator
     y = y.expand(batch, alphas.shape[0], length)
     nan = torch.full((), math.nan, dtype=y.dtype, device=y.device)
     if out is None or (torch.is_grad_enabled() and y.requires_grad):
         return torch.where(valid, y, nan)
+    if bool(valid.all()):  # (without missing values, every window but the first few)
+        return out if direct else out.copy_(y)
     return torch.where(valid, y, nan, out=out)
 
 

@@ -54,7 +54,7 @@ def real_lags(
     real = F.pad(observed.to(torch.int32), (pad, 0))
     top = o.kernel_size.bit_length() - 1
     found: list[Tensor | None] = list(doubling.count_levels(real, top, o.dilation))
-    return doubling.ragged_window(found, [], None, lags, o.dilation, history)
+    return doubling.ragged_window(found, None, lags, o.dilation, history)
 
 
 def lags_within(tau: Tensor, options: TimeDecay, history: int) -> Tensor:
