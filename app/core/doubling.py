@@ -80,7 +80,8 @@ def levels(
 ) -> tuple[list[Tensor | None], list[Tensor | None]]:
     """``[A_0 .. A_top]`` of ``z`` ``(..., L)`` and ``[D_0 .. D_top]`` from ``decays`` = ``D_0``;
     with ``keep``, only the levels in it are kept (the others are None), so that the
-    working set of a chunk stays in cache; the decays one more level than the sums."""
+    working set of a chunk stays in cache (a window of K lags reads the levels of K's
+    binary digits, the top one always among them); the decays one more level than the sums."""
     found: list[Tensor | None] = [z if keep is None or 0 in keep else None]
     kept: list[Tensor | None] = [decays if keep is None or 0 in keep else None]
     blocks = z
@@ -92,8 +93,6 @@ def levels(
         if level + 1 <= top:
             decays = _older_decays(decays, shift)
             kept.append(decays if keep is None or level + 1 in keep else None)
-    if keep is not None and top not in keep:
-        found[top] = blocks
     return found, kept
 
 

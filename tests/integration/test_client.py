@@ -206,7 +206,8 @@ def test_a_refused_or_dropped_connection_is_one_error_with_its_cause(kind: str) 
         call(url)
     assert dropped.value.status is None
     reason = dropped.value.reason.lower()
-    assert "disconnected" in reason and "timeout" not in reason, reason  # (not a time-out)
+    assert "disconnected" in reason, reason
+    assert "timeout" not in reason, reason  # (it was not a time-out)
 
 
 def test_the_readme_pandas_example_runs_as_printed(server) -> None:

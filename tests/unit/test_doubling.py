@@ -18,9 +18,10 @@ def irregular(rows: int, length: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("dilation", [1, 2, 3])
 @pytest.mark.parametrize("ahead", [0, 1, 2, 5, 9])
+@pytest.mark.parametrize("length", [12, 2])  # (2: shorter than a dilation)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_first_decays_read_the_positions_ahead_as_one_row(dilation, ahead, dtype):
-    tau = irregular(3, 12, seed=ahead)
+def test_first_decays_read_the_positions_ahead_as_one_row(dilation, ahead, length, dtype):
+    tau = irregular(3, length, seed=ahead)
     before = tau[..., :1] + torch.arange(-ahead, 0, dtype=torch.float64) * 0.5
     scale = -0.3
     got = doubling.first_decays(tau, dilation, dtype, scale, before)
@@ -60,7 +61,8 @@ def test_block_decays_by_products_match_the_decay_over_each_block(dilation, dtyp
         torch.testing.assert_close(block[..., span:].double(), exact, rtol=tolerance, atol=0)
 
 
-@pytest.mark.parametrize(("lags", "dilation"), [(32, 1), (21, 1), (7, 3), (1, 1)])
+# (10 and 26: a block followed only by a block two levels down.)
+@pytest.mark.parametrize(("lags", "dilation"), [(32, 1), (21, 1), (10, 1), (26, 2), (7, 3), (1, 1)])
 def test_window_sums_equal_the_lags_written_out(lags, dilation):
     tau = irregular(3, 200, seed=lags)
     scale = -0.25
