@@ -187,12 +187,20 @@ def test_abandoned_requests_are_dropped_and_counted_499(server):
     cpu_then = cpu_seconds(process.pid)
     time.sleep(1.0)
     assert cpu_seconds(process.pid) - cpu_then < 0.3  # nothing left running for them
-    dropped = statuses.get('convewma_requests_total{method="POST",route="/smooth",status="499"}', 0)
-    assert dropped >= clients // 2, statuses
+
+    def count(status: int) -> float:
+        return statuses.get(f'convewma_requests_total{{method="POST",route="/smooth",status="{status}"}}', 0)
+
+    # Under load the server may shed some at admission (503, before reading the body: CI
+    # saw 17 of 20); the first, at least, finds it idle and is admitted.
+    shed, dropped = count(503), count(499)
+    assert shed + dropped + count(200) == clients, statuses
+    admitted = clients - shed
+    assert dropped >= max(1, admitted // 2), statuses
     # Work is dropped unless a batch took it before the hang-up was read: with both cores
     # busy a few requests' rows get computed (2-3 of 20 here), never most of them.
     computed = after["convewma_batch_series_sum"] - before.get("convewma_batch_series_sum", 0)
-    assert computed <= (clients - dropped + clients // 4) * rows, (computed, statuses)
+    assert computed <= (admitted - dropped + clients // 4) * rows, (computed, statuses)
     text = log.read_text()
     assert "client disconnected" in text
     assert "Traceback" not in text
