@@ -126,7 +126,10 @@ def _windows(
     keep = None if o.max_gap is not None else {bit for bit in range(top + 1) if o.kernel_size >> bit & 1}
     sums, levels = doubling.levels(z, decays, top, o.dilation, keep)
     del z, decays
-    lags = None if o.max_gap is None else windows.lags_within(torch.cat((before, tau), dim=-1), o, history)
+    if o.max_gap is None:
+        lags = None
+    else:  # (its binary lifting gathers from one row of times; a piece with real history has no grid)
+        lags = windows.lags_within(torch.cat((before, tau), dim=-1) if pad else tau, o, history)
     if lags is None:
         totals = doubling.window(sums, levels, o.kernel_size, o.dilation, history)
     else:
